@@ -1,0 +1,188 @@
+"""The shared contract of every pruning method, and the mask helpers they build on.
+
+A pruning method is a function registered with :func:`register_pruner`::
+
+    fn(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, **params) -> Pruned
+
+It must not modify ``model``; it returns a :class:`Pruned` with a new module whose pruned weights
+are exactly zero (or, for structured methods, a physically slimmed module) plus the boolean masks.
+``sparsity`` is the fraction of prunable weights (Conv2d/Linear ``weight``; biases and BatchNorm
+are never pruned) to remove: per layer (``scope="layer"``) or over all layers together
+(``scope="global"``). Layers named in ``exclude`` (module names, or a prefix of them) keep all
+their weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from workbench.errors import ParameterError, UnsupportedLayerError
+from workbench.registry import Registry
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+SCOPES = ("layer", "global")
+
+
+@dataclass(frozen=True, eq=False)
+class Pruned:
+    """What a pruning method returns.
+
+    Attributes
+    ----------
+    model : nn.Module
+        A new module (never the input) with the pruning applied.
+    masks : dict[str, torch.Tensor]
+        Layer name → boolean mask shaped like the layer's weight (True = kept). Empty for
+        structured methods that physically remove channels.
+    info : dict
+        Method-specific details (kept channels, schedule, …), JSON-friendly.
+    """
+
+    model: nn.Module
+    masks: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrunerInfo:
+    """Registry entry: the function plus what the UI and the contract tests need to know."""
+
+    name: str
+    fn: Callable[..., Pruned]
+    reference: str
+    needs_data: bool = False
+    structured: bool = False
+    trains: bool = False
+
+    def __call__(self, *args, **kwargs) -> Pruned:
+        return self.fn(*args, **kwargs)
+
+
+PRUNERS: Registry[PrunerInfo] = Registry("pruning method")
+
+
+def register_pruner(name: str, *, reference: str, needs_data: bool = False,
+                    structured: bool = False, trains: bool = False):
+    """Register a pruning function under ``name`` (see the module docstring for the contract)."""
+
+    def add(fn):
+        PRUNERS.register(name)(PrunerInfo(name, fn, reference, needs_data, structured, trains))
+        return fn
+
+    return add
+
+
+def check_sparsity(sparsity) -> float:
+    """``sparsity`` as a float in [0, 1), or a clear :class:`ParameterError`."""
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise ParameterError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not 0.0 <= s < 1.0 or s != s:
+        raise ParameterError(f"sparsity must lie in [0, 1) (1 would remove every weight), got {s}")
+    return s
+
+
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise ParameterError(f"scope must be one of {SCOPES}, got {scope!r}")
+    return scope
+
+
+def _excluded(name: str, exclude: Iterable[str]) -> bool:
+    return any(name == e or name.startswith(e + ".") for e in exclude)
+
+
+def prunable_layers(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """Conv2d and Linear layers of ``model`` by module name, minus ``exclude``.
+
+    Raises :class:`ParameterError` if an ``exclude`` entry names no module.
+    """
+    exclude = tuple(exclude or ())
+    names = {n for n, _ in model.named_modules()}
+    unknown = [e for e in exclude if e not in names]
+    if unknown:
+        raise ParameterError(f"exclude names unknown layers {unknown}; layers are: "
+                             f"{[n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]}")
+    layers = {n: m for n, m in model.named_modules()
+              if isinstance(m, PRUNABLE_TYPES) and not _excluded(n, exclude)}
+    if not layers:
+        raise UnsupportedLayerError(
+            "the model has no prunable Conv2d or Linear layer left after exclusions"
+        )
+    return layers
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """An independent deep copy of ``model`` (hooks included), in eval mode."""
+    return copy.deepcopy(model).eval()
+
+
+def masks_from_scores(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str = "layer",
+                      min_keep: float = 0.0) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks that remove the lowest-scoring weights.
+
+    Per layer: each layer loses ``round(sparsity * n)`` weights. Global: the
+    ``round(sparsity * total)`` lowest scores over all layers go, but every layer keeps at least
+    ``ceil(min_keep * n)`` of its weights (GlobalMP's minimum threshold); the shortfall is taken
+    from the next-lowest scores elsewhere so the total is still exact when possible. Ties are
+    broken by position, so the masks are deterministic.
+    """
+    check_scope(scope)
+    if not 0.0 <= min_keep <= 1.0:
+        raise ParameterError(f"min_keep must lie in [0, 1], got {min_keep}")
+    masks = {}
+    if scope == "layer":
+        for name, s in scores.items():
+            flat = s.detach().flatten().float()
+            k = int(round(sparsity * flat.numel()))
+            mask = torch.ones(flat.numel(), dtype=torch.bool)
+            if k:
+                mask[torch.argsort(flat, stable=True)[:k]] = False
+            masks[name] = mask.view_as(s)
+        return masks
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().flatten().float() for n in names])
+    sizes = [scores[n].numel() for n in names]
+    owner = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes))
+    total_k = int(round(sparsity * flat.numel()))
+    order = torch.argsort(flat, stable=True)
+    budget = torch.tensor([n - int(-(-min_keep * n // 1)) for n in sizes])  # max removable per layer
+    removed = torch.zeros(len(names), dtype=torch.long)
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    if min_keep == 0.0:
+        keep[order[:total_k]] = False
+    else:
+        count = 0
+        for i in order.tolist():
+            if count >= total_k:
+                break
+            o = owner[i]
+            if removed[o] < budget[o]:
+                keep[i] = False
+                removed[o] += 1
+                count += 1
+    out, start = {}, 0
+    for n, size in zip(names, sizes):
+        out[n] = keep[start:start + size].view_as(scores[n])
+        start += size
+    return out
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` with weights zeroed where the masks are False."""
+    from workbench.train import apply_masks_
+
+    out = clone(model)
+    apply_masks_(out, masks)
+    return out
+
+
+def weight_scores(model: nn.Module, exclude=(), fn=torch.abs) -> dict[str, torch.Tensor]:
+    """``fn(weight)`` for every prunable layer (the magnitude criterion by default)."""
+    return {n: fn(m.weight.detach()) for n, m in prunable_layers(model, exclude).items()}
