@@ -285,7 +285,9 @@ def default_name(recipe: Recipe, parent: Variant) -> str:
     """``magnitude-50``, ``uniform-8b``, ``magnitude-50+uniform-4b`` …"""
     p = recipe.params
     if recipe.kind == "prune":
-        stem = f"{recipe.method}-{round(100 * float(p.get('sparsity', 0)))}"
+        from workbench.prune.base import check_sparsity
+
+        stem = f"{recipe.method}-{round(100 * check_sparsity(p.get('sparsity', 0.5)))}"
     else:
         stem = f"{recipe.method}-{p.get('bits')}b"
     return stem if parent.name == BASE else f"{parent.name}+{stem}"
