@@ -31,8 +31,12 @@ class LayerStorage:
 
 
 def layer_storage(weight: torch.Tensor, mask: torch.Tensor | None = None,
-                  bits: int | None = None, n_scales: int = 0) -> LayerStorage:
+                  bits: int | None = None, n_scales: int = 0,
+                  n_codebook: int = 0) -> LayerStorage:
     """Storage of one weight tensor; ``bits`` is the code width if it is quantized.
+
+    ``n_scales`` channels carry an fp32 scale and int32 zero point; ``n_codebook`` fp32
+    codebook entries (k-means weight sharing) are stored instead of scales.
 
     Examples
     --------
@@ -48,7 +52,7 @@ def layer_storage(weight: torch.Tensor, mask: torch.Tensor | None = None,
     value_bits = 32 if bits is None else bits
     values = math.ceil(nonzero * value_bits / 8)
     index_bytes = 2 if cols <= 65536 else 4
-    side = n_scales * 8 if bits is not None else 0  # fp32 scale + int32 zero point per channel
+    side = n_scales * 8 + n_codebook * 4 if bits is not None else 0
     csr = values + nonzero * index_bytes + (rows + 1) * 4 + side
     bitmask = values + math.ceil(numel / 8) + side
     packed = math.ceil(numel * bits / 8) + side if bits is not None else None
@@ -62,9 +66,11 @@ def model_storage(model: nn.Module, masks=None, quant=None) -> dict[str, LayerSt
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             q = quant.get(name)
+            book = None if q is None else q.codebook
             out[name] = layer_storage(m.weight.detach(), masks.get(name),
                                       None if q is None else q.bits,
-                                      0 if q is None else q.scale.numel())
+                                      0 if q is None or book is not None else q.scale.numel(),
+                                      0 if book is None else book.numel())
     return out
 
 

@@ -31,7 +31,17 @@ class QuantizedTensor:
     """Integer codes with per-channel (dim 0) or per-tensor scale and zero point.
 
     ``value = (codes - zero_point) * scale``; with a ``codebook`` (k-means clustering) the value
-    is ``codebook[codes]`` instead. ``bits`` is the storage width of one code.
+    is ``codebook[codes]`` instead: a ``(k,)`` codebook is shared by the whole layer, a
+    ``(channels, k)`` codebook holds one row per output channel. ``bits`` is the storage width
+    of one code.
+
+    Examples
+    --------
+    >>> import torch
+    >>> qt = QuantizedTensor(torch.tensor([[-1, 0, 1]]), torch.tensor([0.5]),
+    ...                      torch.tensor([0]), bits=2)
+    >>> qt.dequantize().tolist()
+    [[-0.5, 0.0, 0.5]]
     """
 
     codes: torch.Tensor
@@ -42,7 +52,10 @@ class QuantizedTensor:
 
     def dequantize(self) -> torch.Tensor:
         if self.codebook is not None:
-            return self.codebook[self.codes.long()]
+            idx = self.codes.long()
+            if self.codebook.ndim == 1:
+                return self.codebook[idx]
+            return self.codebook.gather(1, idx.reshape(len(idx), -1)).reshape(idx.shape)
         shape = (-1,) + (1,) * (self.codes.ndim - 1)
         return (self.codes.float() - self.zero_point.reshape(shape)) * self.scale.reshape(shape)
 
@@ -99,3 +112,8 @@ def check_granularity(granularity: str) -> str:
     if granularity not in GRANULARITIES:
         raise ParameterError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     return granularity
+
+
+def rows(weight: torch.Tensor, granularity: str) -> torch.Tensor:
+    """``weight`` as a 2-D view with one row per scale: ``(channels, -1)`` or ``(1, -1)``."""
+    return weight.reshape(len(weight) if granularity == "channel" else 1, -1)
