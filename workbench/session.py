@@ -90,6 +90,11 @@ class Session:
     'magnitude-50'
     """
 
+    #: True if the session was opened from a workspace whose data has changed since it was saved.
+    data_changed: bool = False
+    #: The workspace directory this session was last saved to or opened from.
+    workspace: Path | None = None
+
     def __init__(self, model: nn.Module, data, *, seed: int = 0, name: str = "session"):
         if not isinstance(model, nn.Module):
             raise CheckpointError(
@@ -167,9 +172,17 @@ class Session:
         return self.apply(Recipe(name or "", "prune", method, full,
                                  self.seed if seed is None else seed, parent))
 
-    def quantize(self, method: str = "uniform", bits: int = 8, *, parent: str | None = None,
-                 name: str | None = None, seed: int | None = None, **params) -> Variant:
-        """Quantize ``parent`` (default: the base model; a pruned parent keeps its masks)."""
+    def quantize(self, method: str = "uniform", bits: int | None = None, *,
+                 parent: str | None = None, name: str | None = None, seed: int | None = None,
+                 **params) -> Variant:
+        """Quantize ``parent`` (default: the base model; a pruned parent keeps its masks).
+
+        ``bits`` defaults to the method's first supported width (8 for ``uniform``).
+        """
+        if bits is None:
+            from workbench.quantize import QUANTIZERS
+
+            bits = QUANTIZERS[method].bits[0]
         return self.apply(Recipe(name or "", "quantize", method, {"bits": bits, **params},
                                  self.seed if seed is None else seed, parent))
 
@@ -270,6 +283,25 @@ class Session:
                          "method": r.method if r else "", "parent": v.parent or "",
                          **v.metrics.as_row()})
         return rows
+
+    # --- workspaces ---------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Save everything (weights, masks, codes, recipes, cached metrics) to a workspace
+        directory, atomically; see :mod:`workbench.workspace`."""
+        from workbench.workspace import save_session
+
+        path = save_session(self, directory)
+        self.workspace = path
+        return path
+
+    @classmethod
+    def open(cls, directory: str | Path, *, model: nn.Module | None = None, data=None,
+             on_data_change: str = "warn") -> "Session":
+        """Reopen a workspace written by :meth:`save`; see
+        :func:`workbench.workspace.open_session`."""
+        from workbench.workspace import open_session
+
+        return open_session(directory, model=model, data=data, on_data_change=on_data_change)
 
     def dashboard(self):
         """The composed Panel dashboard of this session (display it in a notebook cell)."""
