@@ -1,0 +1,1 @@
+"""The Panel dashboard: a shared :class:`~workbench.panels.state.SessionState` and views of it."""

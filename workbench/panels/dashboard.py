@@ -1,0 +1,143 @@
+"""The dashboard: model and data info, the variant manager, and one tab per panel.
+
+Tabs are registered in :data:`TABS`; adding one is a single line::
+
+    register_tab("Landscape", "workbench.panels.landscape:LandscapePanel")
+
+A tab factory (a class or callable, or a ``"module:attribute"`` string imported on first use) is
+called as ``factory(state=state)`` with the dashboard's shared
+:class:`~workbench.panels.state.SessionState`. A tab that fails to build shows its error instead
+of breaking the dashboard.
+
+Examples
+--------
+>>> import workbench
+>>> dash = Dashboard(session=workbench.Session.default(progress=False))
+>>> [title for title, _ in TABS][:2]
+['Compress', 'Compare']
+>>> type(dash.template()).__name__
+'FastListTemplate'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Union
+
+import panel as pn
+import param
+
+from workbench.errors import ParameterError
+from workbench.panels.compress import error_message
+from workbench.panels.state import SessionState
+from workbench.panels.variants import VariantManager
+from workbench.session import Session
+
+TabFactory = Union[str, Callable[..., object]]
+
+TABS: list[tuple[str, TabFactory]] = [
+    ("Compress", "workbench.panels.compress:CompressPanel"),
+    ("Compare", "workbench.panels.compare:ComparePanel"),
+]
+
+EXTENSIONS = ("plotly", "tabulator")
+
+
+def register_tab(title: str, factory: TabFactory, *, replace: bool = False) -> None:
+    """Add a dashboard tab (``factory(state=state)`` builds its view)."""
+    titles = [t for t, _ in TABS]
+    if title in titles:
+        if not replace:
+            raise ParameterError(f"a dashboard tab titled {title!r} exists already")
+        TABS[titles.index(title)] = (title, factory)
+    else:
+        TABS.append((title, factory))
+
+
+def _resolve(factory: TabFactory) -> Callable[..., object]:
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return factory
+
+
+def load_extensions() -> None:
+    """Load the Panel extensions the dashboard uses (plotly, tabulator) into the page/notebook."""
+    pn.extension(*EXTENSIONS, notifications=False)
+
+
+class Dashboard(pn.viewable.Viewer):
+    """All panels of a session, sharing one state.
+
+    Display it in a notebook cell (``session.dashboard()``); :meth:`template` gives the
+    full-page version that ``workbench serve`` and ``panel serve`` show.
+    """
+
+    session = param.ClassSelector(class_=Session, doc="The session to work on.")
+    title = param.String(default="workbench")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if self.session is None:
+            raise ParameterError("Dashboard needs a session: Dashboard(session=...)")
+        load_extensions()
+        self.state = SessionState(session=self.session)
+        self.manager = VariantManager(state=self.state)
+        self.tabs = {title: self._build(title, factory) for title, factory in TABS}
+
+    @param.depends("session", watch=True)
+    def _session_changed(self):
+        self.state.session = self.session
+
+    def _build(self, title: str, factory: TabFactory):
+        try:
+            return _resolve(factory)(state=self.state)
+        except Exception as err:  # noqa: BLE001  one broken tab must not break the dashboard
+            return pn.pane.Alert(f"The {title} tab failed to load: {error_message(err)}",
+                                 alert_type="danger")
+
+    # --- views ------------------------------------------------------------------------------------
+    @param.depends("state.revision")
+    def info(self) -> str:
+        """Model and data summary (markdown)."""
+        s = self.state.session
+        d, base = s.data, s.base.metrics
+        model = s.info()["model"]
+        if isinstance(model, dict):
+            model = model.get("name") or model.get("arch") or "model"
+        shape = "×".join(map(str, d.input_shape))
+        return "\n".join([
+            "### Model & data",
+            f"- **model** {model} · {base.params:,} parameters",
+            f"- **data** {d.name} · input {shape} · {d.num_classes} classes",
+            f"- **split** train {len(d.y_train):,} · val {len(d.y_val):,} · test {len(d.y_test):,}",
+            f"- **base accuracy** {100 * base.accuracy:.1f}%",
+            f"- **variants** {len(s.variants)}",
+        ])
+
+    def _sidebar(self) -> list:
+        return [pn.pane.Markdown(self.info, css_classes=["wb-info"]), self.manager]
+
+    def _tabs(self) -> pn.Tabs:
+        return pn.Tabs(*self.tabs.items(), dynamic=True, sizing_mode="stretch_width",
+                       css_classes=["wb-tabs"])
+
+    def __panel__(self):
+        return pn.Row(pn.Column(*self._sidebar(), width=330), self._tabs(),
+                      sizing_mode="stretch_width")
+
+    def template(self) -> pn.template.FastListTemplate:
+        """The full-page version (for ``workbench serve`` / ``panel serve``)."""
+        return pn.template.FastListTemplate(title=self.title, sidebar=self._sidebar(),
+                                            main=[self._tabs()], sidebar_width=340)
+
+    def servable(self, title: str | None = None, location=True, area: str = "main",
+                 target: str | None = None):
+        """The template when served (``panel serve``), the inline dashboard in a notebook."""
+        doc = pn.state.curdoc
+        if doc is not None and doc.session_context is not None:  # a server session
+            return self.template().servable(title=title or self.title, location=location)
+        return self
+
+
+__all__ = ["Dashboard", "TABS", "register_tab", "load_extensions"]
