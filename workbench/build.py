@@ -54,7 +54,12 @@ def build_variant(recipe: Recipe, parent, data: Dataset):
         pruned = _run(recipe.method, lambda: entry(parent.model, sparsity, data=data,
                                                    seed=recipe.seed, **params))
         masks = dict(pruned.masks)
-        if masks and parent.masks:  # weights pruned earlier stay pruned
+        if entry.structured and parent.masks:
+            # channels were removed, so the parent's masks no longer fit the weights; the
+            # sliced weights keep their zeros, which become the masks
+            layers = dict(pruned.model.named_modules())
+            masks = {n: layers[n].weight.detach() != 0 for n in parent.masks if n in layers}
+        elif masks and parent.masks:  # weights pruned earlier stay pruned
             masks = {n: m & parent.masks[n] if n in parent.masks else m for n, m in masks.items()}
             masks.update({n: m for n, m in parent.masks.items() if n not in masks})
             apply_masks_(pruned.model, masks)

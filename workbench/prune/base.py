@@ -88,6 +88,45 @@ def check_sparsity(sparsity) -> float:
     return s
 
 
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a clear :class:`ParameterError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or int(value) < minimum:
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def positive_float(value, name: str, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``), or a :class:`ParameterError`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not (v >= 0 if allow_zero else v > 0) or v == float("inf"):
+        raise ParameterError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} "
+                             f"number, got {value!r}")
+    return v
+
+
+def require_data(data, method: str, model: nn.Module | None = None):
+    """``data``, or a :class:`ParameterError` saying that ``method`` needs training data; with
+    ``model``, also a :class:`~workbench.errors.DataError` if the model cannot read it."""
+    from workbench.errors import DataError
+
+    if data is None:
+        raise ParameterError(f"{method} needs training data: pass data=<workbench Dataset> "
+                             "(a Session passes its own)")
+    if model is not None:
+        x = data.x_train[:2]
+        try:
+            with torch.no_grad():
+                clone(model)(x)
+        except Exception as err:  # noqa: BLE001  any failure here means "does not fit"
+            raise DataError(f"{method}: the model cannot process the training inputs shaped "
+                            f"{tuple(x.shape[1:])}: {str(err).splitlines()[0]}") from None
+    return data
+
+
 def check_scope(scope: str) -> str:
     if scope not in SCOPES:
         raise ParameterError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -133,6 +172,7 @@ def masks_from_scores(scores: Mapping[str, torch.Tensor], sparsity: float, scope
     from the next-lowest scores elsewhere so the total is still exact when possible. Ties are
     broken by position, so the masks are deterministic.
     """
+    sparsity = check_sparsity(sparsity)
     check_scope(scope)
     if not 0.0 <= min_keep <= 1.0:
         raise ParameterError(f"min_keep must lie in [0, 1], got {min_keep}")

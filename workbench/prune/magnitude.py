@@ -44,7 +44,8 @@ def magnitude(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0) 
 def global_magnitude(model, sparsity, *, data=None, scope="global", exclude=(), seed=0,
                      min_keep: float = 0.0) -> Pruned:
     """Remove the smallest-|w| weights over all layers at once, keeping at least a ``min_keep``
-    fraction of each layer (GlobalMP's minimum threshold against layer collapse).
+    fraction of each layer (GlobalMP's minimum threshold against layer collapse). With
+    ``scope="layer"`` it is per-layer magnitude pruning.
 
     Examples
     --------
@@ -53,5 +54,6 @@ def global_magnitude(model, sparsity, *, data=None, scope="global", exclude=(), 
     >>> all(m.float().mean() >= 0.05 for m in p.masks.values())
     True
     """
-    masks = masks_from_scores(weight_scores(model, exclude), sparsity, "global", min_keep)
+    scope = check_scope(scope)
+    masks = masks_from_scores(weight_scores(model, exclude), sparsity, scope, min_keep)
     return Pruned(apply_masks(model, masks), masks, {"min_keep": min_keep})

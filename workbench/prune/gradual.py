@@ -1,0 +1,72 @@
+"""Gradual magnitude pruning with the cubic sparsity schedule of Zhu & Gupta (2017)."""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.errors import ParameterError
+from workbench.prune.base import (Pruned, check_scope, check_sparsity, clone, masks_from_scores,
+                                  positive_float, positive_int, prunable_layers, register_pruner,
+                                  require_data, weight_scores)
+from workbench.train import apply_masks_, fit
+
+
+def cubic_schedule(final: float, steps: int, initial: float = 0.0) -> list[float]:
+    """Sparsity after each of ``steps`` pruning steps: ``s_t = s_f + (s_i - s_f)(1 - t/n)^3``
+    for ``t = 1 … n`` (fast pruning first, slower as fewer weights remain; ends at ``s_f``).
+
+    Examples
+    --------
+    >>> [round(s, 3) for s in cubic_schedule(0.8, 4)]
+    [0.463, 0.7, 0.788, 0.8]
+    """
+    return [final + (initial - final) * (1 - t / steps) ** 3 for t in range(1, steps + 1)]
+
+
+def magnitude_step(model, masks, sparsity: float, scope: str, exclude=()) -> dict:
+    """Magnitude masks at ``sparsity`` that keep every earlier-pruned weight pruned."""
+    scores = weight_scores(model, exclude)
+    if masks:  # earlier-pruned weights score below every live one, so they go first
+        scores = {n: torch.where(masks[n], s, torch.full_like(s, -1.0)) for n, s in scores.items()}
+    return masks_from_scores(scores, sparsity, scope)
+
+
+@register_pruner("gradual", reference="Zhu & Gupta 2017, 'To prune, or not to prune: exploring "
+                 "the efficacy of pruning for model compression' (cubic schedule).",
+                 needs_data=True, trains=True)
+def gradual(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, steps: int = 4,
+            epochs_per_step: int = 1, initial_sparsity: float = 0.0, lr: float = 1e-3,
+            batch_size: int = 64) -> Pruned:
+    """Prune by magnitude in ``steps`` steps following the cubic schedule, fine-tuning
+    ``epochs_per_step`` epochs (pruned weights held at zero) after each step. The last step
+    reaches ``sparsity`` exactly and is followed by fine-tuning too, as training continues after
+    the final pruning step in the paper.
+
+    Examples
+    --------
+    >>> from workbench.models import create_model
+    >>> from workbench.data import load_dataset
+    >>> p = gradual(create_model("mlp", (1, 8, 8), 10), 0.8, data=load_dataset("digits"), steps=2)
+    >>> [round(s, 2) for s in p.info["schedule"]]
+    [0.7, 0.8]
+    """
+    sparsity = check_sparsity(sparsity)
+    scope = check_scope(scope)
+    steps = positive_int(steps, "steps")
+    epochs = positive_int(epochs_per_step, "epochs_per_step", minimum=0)
+    initial = check_sparsity(initial_sparsity)
+    if initial > sparsity:
+        raise ParameterError(f"initial_sparsity ({initial}) must not exceed sparsity ({sparsity})")
+    lr = positive_float(lr, "lr")
+    batch_size = positive_int(batch_size, "batch_size")
+    require_data(data, "gradual", model)
+    prunable_layers(model, exclude)  # a wrong exclude name fails now, not after training
+    schedule = cubic_schedule(sparsity, steps, initial)
+    work, masks = clone(model), None
+    for t, target in enumerate(schedule):
+        masks = magnitude_step(work, masks, target, scope, exclude)
+        apply_masks_(work, masks)
+        if epochs:
+            fit(work, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+                seed=seed + t, masks=masks, progress=False)
+    return Pruned(work, masks, {"schedule": schedule, "epochs_per_step": epochs})
