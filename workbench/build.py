@@ -37,8 +37,10 @@ def _run(method: str, call):
 def build_variant(recipe: Recipe, parent, data: Dataset):
     """Run the recipe's method on ``parent`` (never modified) and return the new Variant."""
     from workbench.session import Variant
+    from workbench.storage import weight_sizes
 
     params = dict(recipe.params)
+    reference = parent.reference or weight_sizes(parent.model)
     if recipe.kind == "prune":
         from workbench.prune import PRUNERS
         from workbench.prune.base import check_sparsity
@@ -66,7 +68,8 @@ def build_variant(recipe: Recipe, parent, data: Dataset):
         if epochs:
             fit(pruned.model, data.x_train, data.y_train, epochs=epochs, lr=lr, seed=recipe.seed,
                 masks=masks, progress=f"fine-tuning {recipe.name}")
-        return Variant(recipe.name, recipe, pruned.model, data, masks, {}, dict(pruned.info))
+        return Variant(recipe.name, recipe, pruned.model, data, masks, {}, dict(pruned.info),
+                       reference)
     if recipe.kind == "quantize":
         from workbench.quantize import QUANTIZERS
         from workbench.quantize.base import check_bits
@@ -80,5 +83,5 @@ def build_variant(recipe: Recipe, parent, data: Dataset):
         q = _run(recipe.method, lambda: entry(parent.model, bits, data=data, seed=recipe.seed,
                                               masks=parent.masks or None, **params))
         return Variant(recipe.name, recipe, q.model, data, dict(parent.masks), dict(q.layers),
-                       dict(q.info))
+                       dict(q.info), reference)
     raise ParameterError(f"unknown recipe kind {recipe.kind!r}")

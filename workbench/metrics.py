@@ -41,8 +41,12 @@ class Metrics:
                 if not isinstance(v, (dict, tuple))}
 
 
-def compute_metrics(model: nn.Module, data: Dataset, masks=None, quant=None) -> Metrics:
+def compute_metrics(model: nn.Module, data: Dataset, masks=None, quant=None,
+                    reference=None) -> Metrics:
     """Evaluate ``model`` on ``data``'s test split and measure its compressed size and MACs.
+
+    ``reference`` (layer name → weight count of the uncompressed model) makes sparsity count
+    weights that structured pruning removed physically; without it, sparsity counts zeros.
 
     Examples
     --------
@@ -56,7 +60,8 @@ def compute_metrics(model: nn.Module, data: Dataset, masks=None, quant=None) -> 
     ev = evaluate(model, data.x_test, data.y_test, data.num_classes)
     storage = model_storage(model, masks, quant)
     other = other_parameter_bytes(model)
-    weights = sum(s.numel for s in storage.values())
+    sizes = {n: max(s.numel, (reference or {}).get(n, 0)) for n, s in storage.items()}
+    weights = sum(sizes.values())
     nonzero_w = sum(s.nonzero for s in storage.values())
     params = sum(p.numel() for p in model.parameters())
     macs = layer_macs(model, data.input_shape, masks)
@@ -65,9 +70,9 @@ def compute_metrics(model: nn.Module, data: Dataset, masks=None, quant=None) -> 
         loss=ev.loss,
         per_class_accuracy=ev.per_class_accuracy,
         params=params,
-        nonzero_params=params - weights + nonzero_w,
+        nonzero_params=params - sum(s.numel for s in storage.values()) + nonzero_w,
         sparsity=1 - nonzero_w / weights if weights else 0.0,
-        layer_sparsity={n: 1 - s.nonzero / s.numel for n, s in storage.items()},
+        layer_sparsity={n: 1 - s.nonzero / sizes[n] for n, s in storage.items()},
         bytes_dense=4 * params,
         bytes_csr=other + sum(s.csr for s in storage.values()),
         bytes_bitmask=other + sum(s.bitmask for s in storage.values()),

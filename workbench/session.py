@@ -47,11 +47,14 @@ class Variant:
     masks: dict = field(default_factory=dict, repr=False)
     quant: dict = field(default_factory=dict, repr=False)
     info: dict = field(default_factory=dict, repr=False)
+    #: Layer name → weight size in the base model, so the sparsity of a physically slimmed
+    #: variant counts the removed channels.
+    reference: dict = field(default_factory=dict, repr=False)
 
     @cached_property
     def metrics(self) -> Metrics:
         """Accuracy, loss, sparsity, bytes, MACs… on the test split (computed once)."""
-        return compute_metrics(self.model, self.data, self.masks, self.quant)
+        return compute_metrics(self.model, self.data, self.masks, self.quant, self.reference)
 
     @property
     def parent(self) -> str | None:
@@ -151,7 +154,7 @@ class Session:
         return self.variants[name]
 
     def _unique_name(self, stem: str) -> str:
-        stem = re.sub(r"[^\w.+%-]", "_", stem)
+        stem = re.sub(r"[^\w.+%:-]", "_", stem)
         name, i = stem, 2
         while name in self.variants:
             name, i = f"{stem}-{i}", i + 1
@@ -320,6 +323,8 @@ def default_name(recipe: Recipe, parent: Variant) -> str:
         from workbench.prune.base import check_sparsity
 
         stem = f"{recipe.method}-{round(100 * check_sparsity(p.get('sparsity', 0.5)))}"
+        if recipe.method == "nm":  # N:M fixes its own sparsity: name it by the pattern
+            stem = f"nm-{p.get('n', 2)}:{p.get('m', 4)}"
     else:
         stem = f"{recipe.method}-{p.get('bits')}b"
     return stem if parent.name == BASE else f"{parent.name}+{stem}"

@@ -74,6 +74,12 @@ def model_storage(model: nn.Module, masks=None, quant=None) -> dict[str, LayerSt
     return out
 
 
+def weight_sizes(model: nn.Module) -> dict[str, int]:
+    """Layer name → number of weights, for every Conv2d/Linear layer of ``model``."""
+    return {n: m.weight.numel() for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
 def other_parameter_bytes(model: nn.Module) -> int:
     """fp32 bytes of everything that is not a Conv2d/Linear weight (biases, BatchNorm, …)."""
     weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
