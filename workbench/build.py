@@ -43,15 +43,13 @@ def build_variant(recipe: Recipe, parent, data: Dataset):
     reference = parent.reference or weight_sizes(parent.model)
     if recipe.kind == "prune":
         from workbench.prune import PRUNERS
-        from workbench.prune.base import check_sparsity
+        from workbench.prune.base import check_sparsity, positive_float, positive_int
         from workbench.train import apply_masks_, fit
 
         entry = PRUNERS[recipe.method]
         sparsity = check_sparsity(params.pop("sparsity", 0.5))
-        epochs = int(params.pop("finetune_epochs", 0))
-        lr = float(params.pop("finetune_lr", 1e-3))
-        if epochs < 0:
-            raise ParameterError(f"finetune_epochs must be >= 0, got {epochs}")
+        epochs = positive_int(params.pop("finetune_epochs", 0), "finetune_epochs", minimum=0)
+        lr = positive_float(params.pop("finetune_lr", 1e-3), "finetune_lr")
         check_params(entry.fn, params, f"pruning method {recipe.method!r}", fixed=("data", "seed"))
         pruned = _run(recipe.method, lambda: entry(parent.model, sparsity, data=data,
                                                    seed=recipe.seed, **params))
