@@ -34,3 +34,19 @@ from workbench.analysis.attack import AttackCurve, attack_curve  # noqa: E402
 
 __all__ += ["ActiveSubspace", "active_dimension", "active_subspace", "all_layers", "ASNetResult",
             "asnet", "AttackCurve", "attack_curve"]
+
+# robustness to common corruptions (Hendrycks & Dietterich 2019; MNIST-C) and feature geometry
+# (Robustness Lottery, Li et al. 2024), CKA, model maps, neural collapse
+from workbench.analysis.robustness import (CorruptionResult, Flips, Gallery,  # noqa: E402
+                                           SampleFlags, SensitivityMatrix, corruption_errors,
+                                           flips, gallery, layer_sensitivity, mce, sample_flags)
+from workbench.analysis.geometry import (ClassGeometry, Drift, Embedding, Geometry,  # noqa: E402
+                                         drift, embed, feature_geometry, per_class)
+from workbench.analysis.similarity import (NC, Similarity, geometry_vector,  # noqa: E402
+                                           linear_cka, model_similarity, neural_collapse)
+
+__all__ += ["CorruptionResult", "corruption_errors", "mce", "SampleFlags", "sample_flags",
+            "Flips", "flips", "SensitivityMatrix", "layer_sensitivity", "Gallery", "gallery",
+            "Geometry", "feature_geometry", "ClassGeometry", "per_class", "Drift", "drift", "Embedding",
+            "embed", "linear_cka", "geometry_vector", "Similarity", "model_similarity", "NC",
+            "neural_collapse"]
