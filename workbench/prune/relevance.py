@@ -17,12 +17,14 @@ from workbench.errors import ParameterError
 from workbench.prune.base import (Pruned, check_sparsity, positive_int, prunable_layers,
                                   register_pruner, require_data)
 from workbench.prune.structured import _structured
-from workbench.relevance.attribution import one_hot_scores, resolve_target
+from workbench.relevance.attribution import (autograd_on, check_input, one_hot_scores,
+                                             resolve_target)
 from workbench.relevance.lrp import LRP
 
 TARGETS = ("label", "predicted")
 
 
+@autograd_on
 def channel_relevance(model: nn.Module, x: torch.Tensor, target=None, composite="epsilon",
                       rules=None, batch_size: int = 64, absolute: bool = True,
                       **params) -> dict[str, torch.Tensor]:
@@ -58,6 +60,7 @@ def channel_relevance(model: nn.Module, x: torch.Tensor, target=None, composite=
     (torch.Size([3]), True)
     """
     batch_size = positive_int(batch_size, "batch_size")
+    x = check_input(x)
     lrp = LRP(composite, rules, **params)
     totals: dict[str, torch.Tensor] = {}
     if target is not None:
