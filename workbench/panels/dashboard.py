@@ -38,6 +38,12 @@ TabFactory = Union[str, Callable[..., object]]
 TABS: list[tuple[str, TabFactory]] = [
     ("Compress", "workbench.panels.compress:CompressPanel"),
     ("Compare", "workbench.panels.compare:ComparePanel"),
+    ("Landscape", "workbench.panels.landscape:LandscapePanel"),
+    ("Hessian", "workbench.panels.hessian:HessianPanel"),
+    ("Subspace", "workbench.panels.subspace:SubspacePanel"),
+    ("Geometry", "workbench.panels.geometry:GeometryPanel"),
+    ("Relevance", "workbench.panels.relevance:RelevancePanel"),
+    ("Robustness", "workbench.panels.robustness:RobustnessPanel"),
 ]
 
 EXTENSIONS = ("plotly", "tabulator")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from workbench.errors import ParameterError
 from workbench.relevance.attribution import Attribution
@@ -66,6 +65,8 @@ def _maps(a) -> torch.Tensor:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
+    from scipy.stats import rankdata  # scipy.stats takes a second to import: only when used
+
     ra, rb = rankdata(a), rankdata(b)
     if np.array_equal(ra, rb):
         return 1.0
