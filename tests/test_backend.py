@@ -1,0 +1,207 @@
+"""Contract tests of every registered inference engine (workbench.backend.ENGINES).
+
+Each engine compiles untrained zoo models (dense, 90 % magnitude-pruned, 8- and 4-bit uniform)
+and must reproduce the compressed model's own logits on the digits test split within the
+engine's documented :class:`~workbench.backend.Tolerance`, leave the input model untouched and
+report every Conv2d/Linear layer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import hook_count, state_equal, zoo_model
+from workbench.backend import ENGINES, Tolerance, compile_model, compile_variant
+from workbench.backend.graph import find_sites
+from workbench.errors import ParameterError, UnknownNameError
+from workbench.prune import PRUNERS
+from workbench.quantize import QUANTIZERS
+
+MODELS = ["mlp", "lenet5", "vgg_small", "resnet_small"]
+VARIANTS = ["dense", "pruned90", "uniform8", "uniform4"]
+# Inductor compiles for tens of seconds per model on 2 cores, and ONNX export + int8
+# calibration take seconds per model: the slow engines run on a subset.
+HEAVY = {"torch-compile": (["mlp"], ["dense", "pruned90"]),
+         "onnxruntime": (["mlp", "lenet5", "resnet_small"], VARIANTS),
+         "onnxruntime-int8": (["resnet_small"], VARIANTS),
+         "onnxruntime-int8-dynamic": (["lenet5"], VARIANTS)}
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Reference outputs are plain tensors (no autograd graph)."""
+    with torch.no_grad():
+        yield
+
+
+def _cases():
+    for engine in ENGINES:
+        models, variants = HEAVY.get(engine, (MODELS, VARIANTS))
+        for m in models:
+            for v in variants:
+                yield pytest.param(engine, m, v, id=f"{engine}-{m}-{v}")
+
+
+_built: dict = {}
+
+
+def build(model_name: str, variant: str):
+    """``(model, masks, quant)`` of an untrained zoo model compressed as ``variant`` (cached)."""
+    key = (model_name, variant)
+    if key not in _built:
+        model = zoo_model(model_name)
+        masks, quant = {}, {}
+        if variant == "pruned90":
+            p = PRUNERS["magnitude"](model, 0.9)
+            model, masks = p.model, p.masks
+        elif variant.startswith("uniform"):
+            q = QUANTIZERS["uniform"](model, int(variant[len("uniform"):]))
+            model, quant = q.model, q.layers
+        _built[key] = (model.eval(), masks, quant)
+    return _built[key]
+
+
+@pytest.mark.parametrize("engine,model_name,variant", list(_cases()))
+def test_engine_matches_the_variant(engine, model_name, variant, digits):
+    model, masks, quant = build(model_name, variant)
+    before, hooks = {k: v.clone() for k, v in model.state_dict().items()}, hook_count(model)
+    x = digits.x_test
+    with torch.inference_mode():
+        ref = model(x)
+    cm = compile_model(model, engine, masks=masks, quant=quant, example=digits.x_train[:128],
+                       threads=1)
+    out = cm(x)
+    tol: Tolerance = ENGINES[engine].tolerance
+    diff = float((out - ref).abs().max())
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert diff <= tol.bound(ref), f"{engine}: max |Δlogit| {diff:.3g} > {tol.bound(ref):.3g}"
+    agreement = float((out.argmax(1) == ref.argmax(1)).float().mean())
+    assert agreement >= tol.agreement, f"{engine}: argmax agreement {agreement:.4f}"
+    # the input model is untouched, the report names every layer
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert hook_count(model) == hooks
+    assert set(cm.report.kernels()) == {s.name for s in find_sites(model)}
+    assert all(r.reason for r in cm.report.layers if r.kernel == "torch")
+    # a second call (buffers reused) and a single sample give the same logits
+    assert torch.equal(cm(x), out)
+    one = cm(x[:1])
+    assert float((one - out[:1]).abs().max()) <= tol.bound(ref)
+
+
+def test_exact_engines_agree_on_the_trained_default_model(default_session):
+    """On a trained model every fp32 engine's argmax agrees with the reference exactly."""
+    v = default_session.base
+    x = v.data.x_test
+    with torch.no_grad():
+        ref = v.model(x)
+    for engine in ["onnxruntime", "sparse"]:
+        out = compile_variant(v, engine, threads=1)(x)
+        assert torch.equal(out.argmax(1), ref.argmax(1))
+        assert float((out - ref).abs().max()) < 1e-3
+
+
+def test_lowbit_agreement_on_the_trained_model(fresh_session):
+    """Int8 activations: ≥ 99 % argmax agreement and logits within 2 % of their range."""
+    for bits in (8, 4):
+        q = fresh_session.quantize("uniform", bits)
+        x = q.data.x_test
+        with torch.no_grad():
+            ref = q.model(x)
+        cm = compile_variant(q, "lowbit", threads=1)
+        assert set(cm.report.kernels().values()) == {f"int{bits}"}
+        out = cm(x)
+        assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.99
+        assert float((out - ref).abs().max()) < 0.02 * float(ref.abs().max())
+
+
+def test_lowbit_is_exact_for_activation_quantized_variants(fresh_session):
+    """With calibrated int8 activations the kernels reproduce the variant's fake-quant."""
+    q = fresh_session.quantize("uniform", 4, activations=True)
+    x = q.data.x_test
+    with torch.no_grad():
+        ref = q.model(x)
+    out = compile_variant(q, "lowbit", threads=1)(x)
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+    assert float((out - ref).abs().max()) < 1e-3 * float(ref.abs().max())
+
+
+def test_sparse_uses_sparse_kernels_on_a_pruned_variant(fresh_session):
+    v = fresh_session.prune("magnitude", 0.95)
+    cm = compile_variant(v, "sparse", threads=1, max_density=0.3)
+    assert set(cm.report.kernels().values()) <= {"csr", "nm-2:4", "nm-4:8"}
+    assert "csr" in cm.report.kernels().values()
+    assert cm.weight_bytes < 0.35 * 4 * sum(s.layer.weight.numel()
+                                            for s in find_sites(v.model))
+    # automatic mode keeps LeNet's tiny layers (< MIN_WEIGHTS) on torch and says why
+    auto = compile_variant(v, "sparse", threads=1)
+    assert "too small" in auto.report.fallbacks()["features.0"]
+    wide = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    p = PRUNERS["magnitude"](wide, 0.9)
+    assert compile_model(p.model, "sparse").report.kernels() == {"0": "csr"}
+
+
+def test_sparse_keeps_dense_layers_on_torch_and_says_why():
+    model = torch.nn.Sequential(torch.nn.Linear(160, 80), torch.nn.ReLU())
+    cm = compile_model(model, "sparse")
+    (layer,) = cm.report.layers
+    assert layer.kernel == "torch" and "dense is faster" in layer.reason
+
+
+def test_nm_pruned_layers_use_the_nm_format():
+    model = zoo_model("mlp")
+    p = PRUNERS["nm"](model, n=2, m=4)
+    cm = compile_model(p.model, "sparse", masks=p.masks, max_density=1.0)
+    assert set(cm.report.kernels().values()) == {"nm-2:4"}
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert float((cm(x) - p.model(x)).abs().max()) < 1e-5
+
+
+def test_unquantized_and_codebook_layers_fall_back_with_a_reason():
+    model = zoo_model("mlp")
+    q = QUANTIZERS["kmeans"](model, 4) if "kmeans" in QUANTIZERS else None
+    cm = compile_model(model, "lowbit")
+    assert set(cm.report.fallbacks().values()) == {"not quantized"}
+    if q is not None:
+        cm = compile_model(q.model, "lowbit", quant=q.layers)
+        assert all("codebook" in r for r in cm.report.fallbacks().values())
+
+
+def test_compile_variant_and_report_are_readable(fresh_session):
+    v = fresh_session.prune("magnitude", 0.9)
+    cm = compile_variant(v, "sparse")
+    text = str(cm.report)
+    assert "engine 'sparse'" in text and "features.0" in text
+    assert cm.report.as_dict()["engine"] == "sparse"
+    assert "CompiledModel(engine='sparse'" in repr(cm)
+
+
+def test_bad_arguments_raise_clear_errors():
+    model = zoo_model("mlp")
+    with pytest.raises(UnknownNameError, match="onnxruntime"):
+        compile_model(model, "onnxrt")
+    with pytest.raises(ParameterError, match="threads"):
+        compile_model(model, "torch", threads=0)
+    with pytest.raises(ParameterError, match="example"):
+        compile_model(model, "onnxruntime")
+    with pytest.raises(ParameterError, match="max_density"):
+        compile_model(model, "sparse", max_density=2)
+    cm = compile_model(model, "torch")
+    with pytest.raises(ParameterError, match="float tensor"):
+        cm(torch.zeros(2, 64, dtype=torch.long))
+
+
+def test_torch_compile_falls_back_with_a_note(monkeypatch):
+    """If Inductor fails, the engine runs eagerly and says so."""
+    model = zoo_model("mlp")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cm = compile_model(model, "torch-compile")
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(cm(x), model(x))
+    assert "no compiler today" in " ".join(cm.report.notes)
+    assert set(cm.report.kernels().values()) == {"torch"}

@@ -1,0 +1,268 @@
+"""The ``lowbit`` engine: packed int8 / int4 / int2 (ternary) / int1 (binary) weights on our
+AVX-512 VNNI kernels, with int8 activations.
+
+A quantized layer's integer codes (:class:`~workbench.quantize.QuantizedTensor`, per-channel
+scale and zero point; BatchNorm folded into the scale) are packed 8, 4, 2 or 1 bits per weight
+and multiplied with the layer input quantized to uint8: with the variant's calibrated scale when
+it quantized activations (``activations=True``; the engine then reproduces the variant's own
+fake-quantization exactly) or per column from its min/max (dynamic). The int32 dot products of
+``vpdpbusd`` are exact; the only error against the variant is the activation rounding (none for
+activation-quantized variants). Layers without integer codes (not quantized, k-means codebooks)
+run on torch. ``binary_activations=True`` runs fully binary layers (1-bit weights) as XNOR +
+popcount on sign-binarised activations scaled by their mean magnitude (XNOR-Net); this changes
+the model's function and is reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.backend.base import CompiledModel, Report, Tolerance, register_engine
+from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
+from workbench.backend.native import KernelUnavailable, load_kernels
+from workbench.errors import ParameterError
+
+STORAGE_BITS = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
+GROUPS_PER_LOAD = {8: 1, 4: 2, 2: 4, 1: 1}  # input groups of 4 decoded from one packed load
+
+
+def signed_codes(qt, out: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(d (O, K) int32, zw (O,) int32, storage bits)``: codes shifted into the signed range of
+    their storage width, ``value = (d - zw) * scale``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.quantize import QuantizedTensor
+    >>> qt = QuantizedTensor(torch.tensor([[0, 15]], dtype=torch.uint8), torch.tensor([1.0]),
+    ...                      torch.tensor([3]), bits=4)
+    >>> d, zw, bits = signed_codes(qt, 1)
+    >>> d.tolist(), zw.tolist(), bits
+    ([[-8, 7]], [-5], 4)
+    """
+    bits = STORAGE_BITS.get(int(qt.bits))
+    if bits is None:
+        raise ParameterError(f"no packed format for {qt.bits}-bit codes")
+    codes = qt.codes.reshape(out, -1).to(torch.int32)
+    zp = qt.zero_point.reshape(-1).to(torch.int32).expand(out) if qt.zero_point.numel() in (1, out) \
+        else None
+    if zp is None:
+        raise ParameterError("zero points must be per tensor or per output channel")
+    lo, hi = int(codes.min()), int(codes.max())
+    if bits == 1:
+        if not set(torch.unique(codes).tolist()) <= {-1, 1} or int(zp.abs().max()) != 0:
+            bits = 2  # e.g. a pruned binary layer: codes {-1, 0, 1}
+        else:
+            return codes, zp.clone(), 1
+    half = 2 ** (bits - 1)
+    if -half <= lo and hi < half:
+        offset = 0
+    elif 0 <= lo and hi < 2 * half:
+        offset = half
+    else:
+        raise ParameterError(f"codes in [{lo}, {hi}] do not fit {bits} bits")
+    return codes - offset, (zp - offset).contiguous(), bits
+
+
+def pack_codes(d: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+    """Pack codes ``d (O, K)`` for the VNNI kernels; returns ``(bytes, Kp)`` where ``Kp`` is
+    ``K`` padded to whole packed loads. 8-bit codes are signed, 4- and 2-bit codes unsigned
+    (``0..15``, ``0..3``), 1-bit codes ``±1``. See ``csrc/lowbit.c`` for the layout.
+
+    Examples
+    --------
+    >>> import torch
+    >>> packed, kp = pack_codes(torch.ones(3, 5, dtype=torch.int32), 8)
+    >>> kp, packed.numel()  # 32 outputs x 16 inputs (both padded)
+    (16, 512)
+    """
+    o, k = d.shape
+    G = GROUPS_PER_LOAD[bits]
+    kp, op = math.ceil(k / 16) * 16, math.ceil(o / 32) * 32  # 16 | 4G for every G
+    full = np.zeros((op, kp), dtype=np.int32)
+    full[:o, :k] = d.numpy()
+    ob, q = op // 32, kp // 4
+    # [block, half, lane, group, input] -> [block, load, half, group-in-load, lane*4 + input]
+    v = full.reshape(ob, 2, 16, q // G, G, 4).transpose(0, 3, 1, 4, 2, 5).reshape(ob, q // G, 2, G, 64)
+    if bits == 8:
+        out = v[:, :, :, 0].astype(np.int8).view(np.uint8)
+    elif bits == 4:  # unsigned codes (see LowbitLayer)
+        nib = v.astype(np.uint8)
+        out = nib[:, :, :, 0] | (nib[:, :, :, 1] << 4)
+    elif bits == 2:
+        c = v.astype(np.uint8)
+        out = c[:, :, :, 0] | (c[:, :, :, 1] << 2) | (c[:, :, :, 2] << 4) | (c[:, :, :, 3] << 6)
+    else:
+        out = np.packbits(v[:, :, :, 0] < 0, axis=-1, bitorder="little")
+    # clone: torch's allocator aligns to 64 bytes, as the kernels' aligned loads need
+    return torch.from_numpy(np.ascontiguousarray(out).reshape(-1)).clone(), kp
+
+
+class LowbitLayer(NativeLayer):
+    """A Linear/Conv2d with packed integer weights and uint8 activations (VNNI)."""
+
+    consumes_act_quant = True
+    rows_layout = True
+
+    def __init__(self, site: Site, lib, qt, threads: int | None):
+        super().__init__(site.layer, threads)
+        _, b, g = site.folded()
+        o = self.out_features
+        d, zw, bits = signed_codes(qt, o)
+        if bits in (2, 4):  # stored unsigned (no subtraction in the kernel): offset -> zero point
+            half = 2 ** (bits - 1)
+            d, zw = d + half, zw + half
+        self.bits = bits
+        scale = qt.scale.reshape(-1).float().expand(o)
+        op = math.ceil(o / 32) * 32  # the kernels read per-output vectors in blocks of 32
+
+        def pad(t):
+            return torch.cat([t, t.new_zeros(op - o)]).contiguous()
+
+        self.sw, self.bias = pad(scale * g), pad(b)
+        self.zw, self.wsum = pad(zw.to(torch.int32)), pad(d.sum(1).to(torch.int32))
+        self.packed, self.kp = pack_codes(d, bits)
+        self.lib, self.relu = lib, int(site.relu)
+        hook = site.act_quant()
+        self.static = (hook.scale, hook.zero_point) if hook is not None and hook.bits == 8 \
+            else (0.0, 0)
+        self.work = Workspace(torch.uint8)
+        self.bytes = self.packed.numel() + 8 * o
+        # constant arguments of the kernel call, resolved once
+        self._consts = (self.packed.data_ptr(), self.bits, self.sw.data_ptr(),
+                        self.zw.data_ptr(), self.wsum.data_ptr(), self.bias.data_ptr())
+
+    def _kernel(self, x, y, B, K, L):
+        work = self.work.get(self.lib.wb_lowbit_work_bytes(B * L, self.kp))
+        self.lib.wb_lowbit_forward(x.data_ptr(), work.data_ptr(), *self._consts, y.data_ptr(),
+                                   B, L, self.out_features, K, self.kp, self.static[0],
+                                   self.static[1], self.relu, int(self.conv is not None),
+                                   self.nthreads())
+
+    def extra_repr(self) -> str:
+        mode = "static" if self.static[0] else "dynamic"
+        return f"{super().extra_repr()}, bits={self.bits}, activations=int8-{mode}"
+
+
+class XnorLayer(NativeLayer):
+    """A fully binary layer: sign(weights) · sign(activations) by XNOR + popcount."""
+
+    rows_layout = True
+
+    def __init__(self, site: Site, lib, qt, threads: int | None):
+        super().__init__(site.layer, threads)
+        _, b, g = site.folded()
+        o = self.out_features
+        codes = qt.codes.reshape(o, -1)
+        k = codes.shape[1]
+        self.kw = math.ceil(k / 64)
+        ob = math.ceil(o / 8)
+        neg = np.zeros((ob * 8, self.kw * 64), dtype=bool)
+        neg[:o, :k] = (codes < 0).numpy()
+        words = np.packbits(neg, axis=-1, bitorder="little").view(np.uint64)  # (O8, Kw)
+        words = words.reshape(ob, 8, self.kw).transpose(0, 2, 1)  # [o / 8][word][8 outputs]
+        self.wbits = torch.from_numpy(np.ascontiguousarray(words).view(np.int64).reshape(-1)).clone()
+        pad = ob * 8 - o  # the kernel reads scales and biases 8 outputs at a time
+        self.sw = torch.cat([qt.scale.reshape(-1).float().expand(o) * g, torch.zeros(pad)])
+        self.bias = torch.cat([b, torch.zeros(pad)])
+        self.lib, self.relu = lib, int(site.relu)
+        self.xb, self.sx = Workspace(torch.int64), Workspace(torch.float32)
+        self.bytes = self.wbits.numel() * 8 + 4 * o
+
+    def _kernel(self, x, y, B, K, L):
+        n = B * L
+        xb, sx = self.xb.get(n * self.kw), self.sx.get(n)
+        nt = self.nthreads()
+        rows = self.conv is not None  # conv inputs arrive as (B·L, K) im2col rows
+        self.lib.wb_binarize_columns(x.data_ptr(), xb.data_ptr(), sx.data_ptr(),
+                                     n if rows else B, K, 1 if rows else L, self.kw, nt)
+        self.lib.wb_xnor_gemm(self.wbits.data_ptr(), self.sw.data_ptr(), self.bias.data_ptr(),
+                              xb.data_ptr(), sx.data_ptr(), y.data_ptr(), B, L,
+                              self.out_features, K, self.kw, self.relu, nt)
+
+
+def _codes_match(site: Site, qt) -> str | None:
+    """``None`` if the layer's weight is the de-quantized codes, else why not."""
+    if qt.codebook is not None:
+        return "k-means codebook codes have no integer kernel"
+    w = site.layer.weight.detach().float()
+    if tuple(qt.codes.shape) != tuple(w.shape):
+        return f"codes shaped {tuple(qt.codes.shape)} but weight {tuple(w.shape)}"
+    err = float((qt.dequantize().float() - w).abs().max())
+    if err > 1e-5 * max(float(w.abs().max()), 1e-12) + 1e-7:
+        return f"weight differs from its codes by {err:.2e} (modified after quantization?)"
+    return None
+
+
+@register_engine("lowbit", description="our packed int8/int4/int2/int1 kernels (AVX-512 VNNI), "
+                 "int8 activations; unquantized layers stay on torch",
+                 tolerance=Tolerance(atol=1e-3, rtol=0.05, agreement=0.99, exact_argmax=False))
+def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, threads=None,
+                   binary_activations: bool = False) -> CompiledModel:
+    """Compile the quantized layers (``quant``) of ``model`` for the low-bit kernels.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.quantize import QUANTIZERS
+    >>> lin = torch.nn.Sequential(torch.nn.Linear(16, 4))
+    >>> q = QUANTIZERS["uniform"](lin, 4)
+    >>> cm = compile_lowbit(q.model, quant=q.layers)
+    >>> cm.report.kernels()
+    {'0': 'int4'}
+    >>> x = torch.rand(2, 16)
+    >>> bool((cm(x) - q.model(x)).abs().max() < 0.05)
+    True
+    """
+    report = Report("lowbit")
+    try:
+        lib = load_kernels()
+    except KernelUnavailable as err:
+        report.notes.append(f"compiled kernels unavailable, every layer runs on torch: {err}")
+        lib = None
+    if lib is not None and not lib.wb_has_vnni():
+        report.notes.append("no AVX-512 VNNI on this CPU: the portable (slow) int8 loop runs")
+    if binary_activations:
+        report.notes.append("binary_activations=True: 1-bit layers binarise their inputs "
+                            "(XNOR-Net); outputs differ from the variant by design")
+    total = {"bytes": 0}
+
+    def make(site: Site):
+        layer = site.layer
+        dense = 4 * layer.weight.numel()
+        qt = quant.get(site.name)
+        why = None
+        if lib is None:
+            why = "no compiled kernels"
+        elif qt is None:
+            why = "not quantized"
+        elif isinstance(layer, nn.Conv2d) and conv_geometry(layer):
+            why = f"unsupported: {conv_geometry(layer)}"
+        else:
+            why = _codes_match(site, qt)
+            hook = site.act_quant()
+            if why is None and hook is not None and hook.bits != 8:
+                why = f"{hook.bits}-bit activation quantization (kernels take 8)"
+        if why is not None:
+            total["bytes"] += dense
+            return None, "torch", why
+        if binary_activations and int(qt.bits) == 1:
+            module = XnorLayer(site, lib, qt, threads)
+            total["bytes"] += module.bytes
+            return module, "xnor-popcount", "binarised activations"
+        try:
+            module = LowbitLayer(site, lib, qt, threads)
+        except ParameterError as err:
+            total["bytes"] += dense
+            return None, "torch", str(err)
+        total["bytes"] += module.bytes
+        mode = "static" if module.static[0] else "dynamic"
+        return module, f"int{module.bits}", f"{qt.bits}-bit codes, int8 activations ({mode})"
+
+    compiled, layers = rewrite(model, make)
+    report.layers = layers
+    return CompiledModel(compiled, report, threads, total["bytes"])
