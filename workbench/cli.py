@@ -7,7 +7,7 @@ your machine on behalf of whoever can reach it.
 Examples
 --------
 >>> main(["--help"])  # doctest: +SKIP
-usage: workbench [-h] {serve,train-default} ...
+usage: workbench [-h] {serve,train-default,bench} ...
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workbench",
         description="Prune and quantize neural networks interactively.")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,train-default}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,train-default,bench}")
 
     serve = sub.add_parser("serve", help="serve the dashboard in the browser",
                            description="Serve the workbench dashboard (default: localhost only).")
@@ -59,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train the default LeNet-5 on digits into the cache.")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=train_command)
+
+    bench = sub.add_parser(
+        "bench", help="time variants of the default model on the inference engines",
+        description="Benchmark variants (base, magnitude 90%%, uniform 8-bit and 4-bit, or the "
+                    "recipes of --recipes) of the default model on the inference engines.")
+    bench.add_argument("--recipes", metavar="FILE", default=None,
+                       help="YAML/JSON recipes to build the variants from (base is always timed)")
+    bench.add_argument("--engines", default="torch,sparse,lowbit,onnxruntime",
+                       help="comma-separated engines (default: torch,sparse,lowbit,onnxruntime)")
+    bench.add_argument("--batch-sizes", default="1,32,256",
+                       help="comma-separated batch sizes (default: 1,32,256)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed calls (default: 20)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed calls (default: 3)")
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    bench.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                       help="stop repeating once this many seconds are spent")
+    bench.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.set_defaults(func=bench_command)
     return parser
 
 
@@ -120,6 +139,68 @@ def train_command(args) -> int:
     print(f"default model ready (test accuracy {100 * session.base.metrics.accuracy:.1f}%), "
           f"cached in {cache_dir('models')}")
     return 0
+
+
+DEFAULT_BENCH_VARIANTS = (("prune", "magnitude", {"sparsity": 0.9}),
+                          ("quantize", "uniform", {"bits": 8}),
+                          ("quantize", "uniform", {"bits": 4}))
+
+
+def _csv_list(text: str, cast=str) -> list:
+    return [cast(t.strip()) for t in text.split(",") if t.strip()]
+
+
+def bench_command(args) -> int:
+    from workbench.backend import benchmark
+    from workbench.errors import WorkbenchError
+    from workbench.session import Session
+
+    try:
+        engines = _csv_list(args.engines)
+        batch_sizes = _csv_list(args.batch_sizes, int)
+    except ValueError as err:
+        print(f"workbench: bad --batch-sizes: {err}", file=sys.stderr)
+        return 2
+    try:
+        session = Session.default(seed=args.seed, progress=True)
+        if args.recipes:
+            session.load_recipes(args.recipes)
+        else:
+            for kind, method, params in DEFAULT_BENCH_VARIANTS:
+                getattr(session, kind)(method, **params)
+        result = benchmark(session, engines, batch_sizes=batch_sizes, repeats=args.repeats,
+                           warmup=args.warmup, threads=args.threads,
+                           time_budget=args.time_budget, progress=True)
+    except (WorkbenchError, OSError) as err:
+        print(f"workbench: {err}", file=sys.stderr)
+        return 2
+    print(bench_table(result))
+    if args.json:
+        result.to_json(args.json)
+        print(f"results written to {args.json}")
+    return 0
+
+
+def bench_table(result) -> str:
+    """Variant × engine rows; per batch size the median/p90 latency (ms) and samples/s."""
+    batches = result.settings["batch_sizes"]
+    head = f"{'variant':<18}{'engine':<18}" + "".join(
+        f"{f'b={b} med/p90 ms':>22}{'samples/s':>11}" for b in batches) + \
+        f"{'weights B':>11}{'peak mem B':>12}{'acc':>7}"
+    lines = [head]
+    pairs = dict.fromkeys((r.variant, r.engine) for r in result.rows)
+    for v, e in pairs:
+        rows = [result.row(v, e, b) for b in batches]
+        err = next((r.error for r in rows if r.error), None)
+        if err:
+            lines.append(f"{v:<18}{e:<18}error: {err}")
+            continue
+        cells = "".join(f"{f'{r.median_ms:.3f}/{r.p90_ms:.3f}':>22}{r.throughput:>11.0f}"
+                        for r in rows)
+        peak = max((r.peak_memory_bytes or 0) for r in rows)
+        lines.append(f"{v:<18}{e:<18}{cells}{rows[0].weight_bytes or 0:>11}{peak:>12}"
+                     f"{rows[0].accuracy:>7.3f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
