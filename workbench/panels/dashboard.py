@@ -44,6 +44,7 @@ TABS: list[tuple[str, TabFactory]] = [
     ("Geometry", "workbench.panels.geometry:GeometryPanel"),
     ("Relevance", "workbench.panels.relevance:RelevancePanel"),
     ("Robustness", "workbench.panels.robustness:RobustnessPanel"),
+    ("Speed", "workbench.panels.speed:SpeedPanel"),
 ]
 
 EXTENSIONS = ("plotly", "tabulator")
