@@ -10,6 +10,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "datasets" / "mnist"
+# Debian's Chromium, driven by Playwright in the browser tests (CI installs it).
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 # Every test run trains into (and reads from) its own cache, never the user's.
 os.environ.setdefault("WORKBENCH_CACHE", str(REPO / ".pytest_cache" / "workbench-cache"))
@@ -66,3 +70,15 @@ def hook_count(model: torch.nn.Module) -> int:
     """Number of forward/backward hooks registered anywhere in ``model``."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Playwright (sync API), one per test module."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium is expected at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()

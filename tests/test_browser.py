@@ -6,7 +6,6 @@ CI installs ``chromium``; a missing browser is a failure, not a skip.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +13,6 @@ from serving import REPO, free_port, running, workbench_command
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = REPO / "test-artifacts"
 VIEWPORT = {"width": 1366, "height": 768}
 TIMEOUT_MS = 60_000
@@ -28,17 +24,6 @@ def dashboard_url():
     url = f"http://127.0.0.1:{port}/workbench"
     with running(workbench_command() + ["serve", "--port", str(port)], url):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is expected at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def shot(page, name: str) -> None:

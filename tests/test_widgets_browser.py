@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,6 @@ from serving import REPO, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = REPO / "test-artifacts"
 VIEWPORT = {"width": 1280, "height": 900}
 TIMEOUT_MS = 60_000
@@ -83,17 +79,6 @@ def app(default_session):
         yield f"http://127.0.0.1:{port}/widgets", made
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is expected at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def shot(page, name: str) -> None:
