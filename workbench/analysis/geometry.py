@@ -25,6 +25,7 @@ from torch import nn
 
 from workbench.errors import DataError, ParameterError, UnsupportedLayerError
 from workbench.evaluate import predict_logits
+from workbench.threads import single_threaded_blas
 
 EMBEDDINGS = ("pca", "umap", "tsne")
 
@@ -440,7 +441,8 @@ def embed(features, method: str = "pca", seed: int = 0, n_components: int = 2,
             est = umap.UMAP(n_components=n_components, random_state=seed, **params)
             coords = est.fit_transform(x)
         return Embedding(_frozen(coords.astype(np.float64)), method, seed, dict(params))
-    coords = est.fit_transform(x)
+    with single_threaded_blas():  # see workbench.threads: same result, no thread fight
+        coords = est.fit_transform(x)
     return Embedding(_frozen(np.asarray(coords, dtype=np.float64)), method, seed, dict(params))
 
 

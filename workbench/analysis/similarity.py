@@ -17,6 +17,7 @@ import numpy as np
 
 from workbench.analysis.geometry import Geometry, as_matrix, per_class
 from workbench.errors import DataError, ParameterError
+from workbench.threads import single_threaded_blas
 
 SIMILARITY_METHODS = ("mds", "umap")
 #: Statistics per class in :func:`geometry_vector`, in order.
@@ -198,8 +199,9 @@ def model_similarity(vectors: dict, method: str = "mds", *, seed: int = 0,
         if m == 2:
             coords = np.array([[-dist[0, 1] / 2, 0.0], [dist[0, 1] / 2, 0.0]])
         else:
-            coords = MDS(n_components=2, metric="precomputed", init="classical_mds",
-                         random_state=seed, n_init=1).fit_transform(dist)
+            with single_threaded_blas():  # see workbench.threads
+                coords = MDS(n_components=2, metric="precomputed", init="classical_mds",
+                             random_state=seed, n_init=1).fit_transform(dist)
     else:
         import warnings
 
