@@ -15,8 +15,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-# Every test run trains into (and reads from) its own cache, never the user's.
-os.environ.setdefault("WORKBENCH_CACHE", str(REPO / ".pytest_cache" / "workbench-cache"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
