@@ -209,3 +209,87 @@ def test_session_prune_end_to_end(name, fresh_session):
     else:
         assert v.metrics.sparsity > 0.2
         assert v.metrics.nonzero_params < base.params
+
+
+# --- per-layer sparsity ------------------------------------------------------------------------
+PER_LAYER = [n for n in PRUNERS.names() if PRUNERS[n].per_layer]
+NO_PER_LAYER = [n for n in PRUNERS.names() if not PRUNERS[n].per_layer]
+
+
+def distinct_targets(layers) -> dict:
+    """A different sparsity for every layer (0.1, 0.3, 0.5, … cycling), none equal to 0.5 twice."""
+    values = [0.1, 0.3, 0.7, 0.9, 0.6, 0.2, 0.8, 0.4]
+    return {n: values[i % len(values)] for i, n in enumerate(layers)}
+
+
+@pytest.mark.parametrize("name", PRUNERS.names())
+def test_every_method_takes_the_per_layer_keyword(name):
+    param = inspect.signature(PRUNERS[name].fn).parameters.get("per_layer_sparsity")
+    assert param is not None and param.kind is param.KEYWORD_ONLY and param.default is None
+
+
+@pytest.mark.parametrize("name", PER_LAYER)
+def test_per_layer_sparsity_reaches_each_layers_target(name, small):
+    model = zoo_model("mlp" if PRUNERS[name].trains else "lenet5")
+    before = copy.deepcopy(model)
+    layers = prunable_layers(model)
+    targets = distinct_targets(layers)
+    p = run(name, model, 0.5, small, scope="layer", per_layer_sparsity=targets, seed=1)
+    assert state_equal(model, before)
+    assert set(p.masks) == set(layers)
+    for n, mask in p.masks.items():
+        assert int((~mask).sum()) == round(targets[n] * mask.numel()), n
+        assert torch.all(dict(p.model.named_modules())[n].weight[~mask] == 0)
+    # layers the mapping leaves out use ``sparsity``
+    first, *rest = list(layers)
+    q = run(name, model, 0.5, small, scope="layer", per_layer_sparsity={first: 0.9}, seed=1)
+    assert int((~q.masks[first]).sum()) == round(0.9 * q.masks[first].numel())
+    for n in rest:
+        assert int((~q.masks[n]).sum()) == round(0.5 * q.masks[n].numel()), n
+
+
+@pytest.mark.parametrize("name", PER_LAYER)
+def test_bad_per_layer_sparsity_is_a_clear_parameter_error(name, small):
+    model = zoo_model("mlp")
+    before = copy.deepcopy(model)
+    layer = list(prunable_layers(model))[0]
+    with pytest.raises(ParameterError, match="no_such_layer"):
+        run(name, model, 0.5, small, scope="layer", per_layer_sparsity={"no_such_layer": 0.5})
+    for bad in (1.0, -0.2, "x", float("nan")):
+        with pytest.raises(ParameterError, match=f"per_layer_sparsity of layer '{layer}'"):
+            run(name, model, 0.5, small, scope="layer", per_layer_sparsity={layer: bad})
+    with pytest.raises(ParameterError, match="excluded"):
+        run(name, model, 0.5, small, scope="layer", exclude=[layer],
+            per_layer_sparsity={layer: 0.5})
+    with pytest.raises(ParameterError, match="scope='layer'"):
+        run(name, model, 0.5, small, scope="global", per_layer_sparsity={layer: 0.5})
+    with pytest.raises(ParameterError, match="must map layer names"):
+        run(name, model, 0.5, small, scope="layer", per_layer_sparsity=[0.5])
+    assert state_equal(model, before)
+
+
+@pytest.mark.parametrize("name", NO_PER_LAYER)
+def test_methods_without_per_layer_sparsity_refuse_it(name, small):
+    model = zoo_model("lenet5")
+    layer = list(prunable_layers(model))[1]
+    with pytest.raises(ParameterError, match=f"{name} does not take per_layer_sparsity"):
+        run(name, model, 0.5, small, per_layer_sparsity={layer: 0.3})
+    run(name, model, 0.5, small, per_layer_sparsity={})  # empty: nothing to refuse
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_per_layer_sparsity_round_trips_through_recipes(fmt, fresh_session, default_session):
+    import workbench
+
+    targets = {"features.0": 0.2, "features.3": 0.6, "classifier.0": 0.9, "fc": 0.1}
+    v = fresh_session.prune("magnitude", 0.5, per_layer_sparsity=targets)
+    got = v.metrics.layer_sparsity
+    for n, s in targets.items():
+        assert got[n] == pytest.approx(s, abs=0.01)
+    assert got["classifier.2"] == pytest.approx(0.5, abs=0.01)
+    text = fresh_session.export_recipes(fmt=fmt)
+    other = workbench.Session(default_session.base.model, default_session.data)
+    (rebuilt,) = other.load_recipes(text)
+    assert rebuilt.recipe.params["per_layer_sparsity"] == targets
+    assert rebuilt.name == v.name
+    assert all(torch.equal(rebuilt.masks[n], v.masks[n]) for n in v.masks)

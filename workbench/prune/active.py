@@ -23,8 +23,8 @@ from torch import nn
 from workbench.analysis.subspace import _check_threshold, _subsample, all_layers, layer_names
 from workbench.errors import ParameterError
 from workbench.prune.base import (Pruned, check_sparsity, positive_int, prunable_layers,
-                                  register_pruner, require_data)
-from workbench.prune.structured import _structured
+                                  refuse_per_layer, register_pruner, require_data)
+from workbench.prune.structured import NO_PER_LAYER, _structured
 
 
 def active_channel_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers=None, *,
@@ -87,9 +87,11 @@ def channel_counts(model: nn.Module) -> dict[str, int]:
 
 @register_pruner("active_subspace", reference="Cui, Zhang et al. 2020, 'Active Subspace of "
                  "Neural Networks: Structural Analysis and Universal Attacks' (channel energy in "
-                 "the active subspace of the loss gradients).", needs_data=True, structured=True)
+                 "the active subspace of the loss gradients).", needs_data=True, structured=True,
+                 per_layer=False)
 def active_subspace(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0,
-                    threshold: float = 0.95, samples: int = 512, batch_size: int = 256) -> Pruned:
+                    threshold: float = 0.95, samples: int = 512, batch_size: int = 256,
+                    per_layer_sparsity=None) -> Pruned:
     """Remove the ``sparsity`` fraction of output channels of every layer with the least
     gradient energy in the layer's active subspace (``threshold`` of the variance), measured on
     ``samples`` training images (a seeded, class-stratified subset). Physically slimmed like
@@ -104,6 +106,7 @@ def active_subspace(model, sparsity, *, data=None, scope="layer", exclude=(), se
     ([6, 3], True)
     """
     sparsity = check_sparsity(sparsity)
+    refuse_per_layer(per_layer_sparsity, "active_subspace", NO_PER_LAYER)
     require_data(data, "active_subspace", model)
     threshold = _check_threshold(threshold)
     samples = positive_int(samples, "samples")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.prune.base import (Pruned, check_scope, check_sparsity, clone, masks_from_scores,
-                                  positive_float, positive_int, prunable_layers, register_pruner,
-                                  require_data)
+from workbench.prune.base import (Pruned, check_scope, check_sparsity, clone, layer_targets,
+                                  masks_from_scores, positive_float, positive_int,
+                                  prunable_layers, register_pruner, require_data)
 from workbench.train import apply_masks_, batches, fit
 
 
-def project(weights: dict[str, torch.Tensor], sparsity: float, scope: str):
+def project(weights: dict[str, torch.Tensor], sparsity: float, scope: str,
+            per_layer_sparsity=None):
     """Euclidean projection onto the sparsity set (keep the largest |v|): ``(Z, masks)``.
 
     Examples
@@ -21,7 +22,8 @@ def project(weights: dict[str, torch.Tensor], sparsity: float, scope: str):
     >>> z["a"].tolist()
     [0.0, -2.0, 0.0, 1.0]
     """
-    masks = masks_from_scores({n: v.abs() for n, v in weights.items()}, sparsity, scope)
+    masks = masks_from_scores({n: v.abs() for n, v in weights.items()}, sparsity, scope,
+                              per_layer_sparsity=per_layer_sparsity)
     return {n: v * masks[n] for n, v in weights.items()}, masks
 
 
@@ -30,7 +32,7 @@ def project(weights: dict[str, torch.Tensor], sparsity: float, scope: str):
                  needs_data=True, trains=True)
 def admm(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, rho: float = 1.0,
          epochs: int = 8, lr: float = 1e-2, retrain_epochs: int = 2, retrain_lr: float = 1e-3,
-         batch_size: int = 64) -> Pruned:
+         batch_size: int = 64, per_layer_sparsity=None) -> Pruned:
     """ADMM pruning: for ``epochs`` epochs minimise ``loss + rho/2 ||W - Z + U||²`` by SGD with
     momentum 0.9 (learning rate ``lr``); after each epoch ``Z = Π(W + U)`` (keep the largest
     magnitudes) and ``U += W - Z``. Then keep Z's support and retrain ``retrain_epochs`` epochs
@@ -38,6 +40,8 @@ def admm(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, rho: 
 
     SGD rather than Adam for the W-update: Adam's per-weight step is bounded by ``lr`` whatever
     ``rho`` is, so with few steps per epoch W never reaches Z and the dual variable U diverges.
+
+    ``per_layer_sparsity`` gives layers their own target (in the projection and the final mask).
 
     ``info["residual"]`` holds ``||W - Z||`` after each epoch (it shrinks as W becomes sparse).
 
@@ -61,8 +65,9 @@ def admm(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, rho: 
     require_data(data, "admm", model)
     work = clone(model)
     layers = prunable_layers(work, exclude)
+    per_layer = layer_targets(per_layer_sparsity, sparsity, layers, scope)
     weights = {n: m.weight for n, m in layers.items()}
-    z, masks = project({n: w.detach() for n, w in weights.items()}, sparsity, scope)
+    z, masks = project({n: w.detach() for n, w in weights.items()}, sparsity, scope, per_layer)
     u = {n: torch.zeros_like(w) for n, w in z.items()}
     opt = torch.optim.SGD(work.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
@@ -78,7 +83,7 @@ def admm(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, rho: 
                 (loss_fn(work(xb), yb) + rho / 2 * penalty).backward()
                 opt.step()
             w_now = {n: w.detach() for n, w in weights.items()}
-            z, masks = project({n: w_now[n] + u[n] for n in w_now}, sparsity, scope)
+            z, masks = project({n: w_now[n] + u[n] for n in w_now}, sparsity, scope, per_layer)
             u = {n: u[n] + w_now[n] - z[n] for n in w_now}
             residual.append(float(sum(((w_now[n] - z[n]) ** 2).sum() for n in w_now) ** 0.5))
     apply_masks_(work, masks)

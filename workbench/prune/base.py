@@ -2,7 +2,8 @@
 
 A pruning method is a function registered with :func:`register_pruner`::
 
-    fn(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, **params) -> Pruned
+    fn(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0,
+       per_layer_sparsity=None, **params) -> Pruned
 
 It must not modify ``model``; it returns a :class:`Pruned` with a new module whose pruned weights
 are exactly zero (or, for structured methods, a physically slimmed module) plus the boolean masks.
@@ -10,6 +11,17 @@ are exactly zero (or, for structured methods, a physically slimmed module) plus 
 are never pruned) to remove: per layer (``scope="layer"``) or over all layers together
 (``scope="global"``). Layers named in ``exclude`` (module names, or a prefix of them) keep all
 their weights.
+
+Per-layer sparsity (the same design as quantization's ``per_layer_bits``):
+``per_layer_sparsity`` maps layer names to their own sparsity in [0, 1); layers it does not name
+use ``sparsity``. It needs ``scope="layer"`` (a global ranking has no per-layer targets), and
+every name must be a pruned layer (not unknown, not excluded); :func:`layer_targets` checks this
+with clear :class:`ParameterError` messages. Methods registered with ``per_layer=True`` honour
+it (each layer then reaches its own target); the others (N:M, whose sparsity is fixed by the
+pattern, and the structured methods, which remove one fraction of channels from every layer and
+residual group) take the keyword only to refuse a non-empty mapping with
+:func:`refuse_per_layer`. Recipes store it as a plain mapping, so it round-trips through YAML and
+JSON.
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ class PrunerInfo:
     needs_data: bool = False
     structured: bool = False
     trains: bool = False
+    #: Honours ``per_layer_sparsity`` (False: refuses a non-empty one with a ParameterError).
+    per_layer: bool = True
 
     def __call__(self, *args, **kwargs) -> Pruned:
         return self.fn(*args, **kwargs)
@@ -67,11 +81,12 @@ PRUNERS: Registry[PrunerInfo] = Registry("pruning method")
 
 
 def register_pruner(name: str, *, reference: str, needs_data: bool = False,
-                    structured: bool = False, trains: bool = False):
+                    structured: bool = False, trains: bool = False, per_layer: bool = True):
     """Register a pruning function under ``name`` (see the module docstring for the contract)."""
 
     def add(fn):
-        PRUNERS.register(name)(PrunerInfo(name, fn, reference, needs_data, structured, trains))
+        PRUNERS.register(name)(PrunerInfo(name, fn, reference, needs_data, structured, trains,
+                                          per_layer))
         return fn
 
     return add
@@ -86,6 +101,60 @@ def check_sparsity(sparsity) -> float:
     if not 0.0 <= s < 1.0 or s != s:
         raise ParameterError(f"sparsity must lie in [0, 1) (1 would remove every weight), got {s}")
     return s
+
+
+def layer_targets(per_layer_sparsity, sparsity: float, layers: Iterable[str],
+                  scope: str = "layer") -> dict[str, float] | None:
+    """Each pruned layer's own sparsity, or ``None`` when ``per_layer_sparsity`` is empty.
+
+    ``layers`` are the layers being pruned (after ``exclude``); layers the mapping does not name
+    get ``sparsity``. Raises :class:`ParameterError` for a non-mapping, a name that is not a
+    pruned layer, a value outside [0, 1), or a scope other than ``"layer"``.
+
+    Examples
+    --------
+    >>> layer_targets({"fc": 0.9}, 0.5, ["conv", "fc"])
+    {'conv': 0.5, 'fc': 0.9}
+    >>> layer_targets(None, 0.5, ["conv", "fc"]) is None
+    True
+    """
+    if per_layer_sparsity is None or (isinstance(per_layer_sparsity, Mapping)
+                                      and not per_layer_sparsity):
+        return None
+    if not isinstance(per_layer_sparsity, Mapping):
+        raise ParameterError(f"per_layer_sparsity must map layer names to sparsities, e.g. "
+                             f"{{'fc': 0.9}}, got {type(per_layer_sparsity).__name__}")
+    if scope != "layer":
+        raise ParameterError(f"per_layer_sparsity sets each layer's own sparsity, so it needs "
+                             f"scope='layer', got scope={scope!r}")
+    layers = list(layers)
+    unknown = [str(n) for n in per_layer_sparsity if n not in layers]
+    if unknown:
+        raise ParameterError(f"per_layer_sparsity names {unknown}, which are not pruned layers "
+                             f"(unknown or excluded); the pruned layers are {layers}")
+    out = {}
+    for name in layers:
+        value = per_layer_sparsity.get(name, sparsity)
+        try:
+            out[name] = check_sparsity(value)
+        except ParameterError:
+            raise ParameterError(f"per_layer_sparsity of layer {name!r} must be a number in "
+                                 f"[0, 1), got {value!r}") from None
+    return out
+
+
+def refuse_per_layer(per_layer_sparsity, method: str, why: str) -> None:
+    """A :class:`ParameterError` if ``per_layer_sparsity`` is given to a method that cannot
+    honour it (``why`` says why); ``None`` or an empty mapping pass.
+
+    Examples
+    --------
+    >>> refuse_per_layer(None, "nm", "N:M fixes the sparsity")
+    """
+    if per_layer_sparsity is None or (isinstance(per_layer_sparsity, Mapping)
+                                      and not per_layer_sparsity):
+        return
+    raise ParameterError(f"{method} does not take per_layer_sparsity: {why}")
 
 
 def positive_int(value, name: str, minimum: int = 1) -> int:
@@ -163,24 +232,36 @@ def clone(model: nn.Module) -> nn.Module:
 
 
 def masks_from_scores(scores: Mapping[str, torch.Tensor], sparsity: float, scope: str = "layer",
-                      min_keep: float = 0.0) -> dict[str, torch.Tensor]:
+                      min_keep: float = 0.0,
+                      per_layer_sparsity: Mapping[str, float] | None = None
+                      ) -> dict[str, torch.Tensor]:
     """Boolean keep-masks that remove the lowest-scoring weights.
 
-    Per layer: each layer loses ``round(sparsity * n)`` weights. Global: the
+    Per layer: each layer loses ``round(s * n)`` weights, ``s`` its entry in
+    ``per_layer_sparsity`` or else ``sparsity`` (see :func:`layer_targets`). Global: the
     ``round(sparsity * total)`` lowest scores over all layers go, but every layer keeps at least
     ``ceil(min_keep * n)`` of its weights (GlobalMP's minimum threshold); the shortfall is taken
     from the next-lowest scores elsewhere so the total is still exact when possible. Ties are
     broken by position, so the masks are deterministic.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = masks_from_scores({"a": torch.arange(4.0), "b": torch.arange(4.0)}, 0.5,
+    ...                       per_layer_sparsity={"b": 0.75})
+    >>> m["a"].tolist(), m["b"].tolist()
+    ([False, False, True, True], [False, False, False, True])
     """
     sparsity = check_sparsity(sparsity)
     check_scope(scope)
     if not 0.0 <= min_keep <= 1.0:
         raise ParameterError(f"min_keep must lie in [0, 1], got {min_keep}")
+    targets = layer_targets(per_layer_sparsity, sparsity, scores, scope) or {}
     masks = {}
     if scope == "layer":
         for name, s in scores.items():
             flat = s.detach().flatten().float()
-            k = int(round(sparsity * flat.numel()))
+            k = int(round(targets.get(name, sparsity) * flat.numel()))
             mask = torch.ones(flat.numel(), dtype=torch.bool)
             if k:
                 mask[torch.argsort(flat, stable=True)[:k]] = False

@@ -31,9 +31,11 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
 
 @register_pruner("lamp", reference="Lee et al. 2021, 'Layer-adaptive Sparsity for the "
                  "Magnitude-based Pruning' (LAMP, ICLR).")
-def lamp(model, sparsity, *, data=None, scope="global", exclude=(), seed=0) -> Pruned:
+def lamp(model, sparsity, *, data=None, scope="global", exclude=(), seed=0,
+         per_layer_sparsity=None) -> Pruned:
     """Remove the weights with the lowest LAMP scores over all layers together (per layer the
-    ranking equals plain magnitude, so ``scope="layer"`` is magnitude pruning).
+    ranking equals plain magnitude, so ``scope="layer"`` is magnitude pruning, and takes
+    ``per_layer_sparsity``).
 
     Examples
     --------
@@ -44,5 +46,6 @@ def lamp(model, sparsity, *, data=None, scope="global", exclude=(), seed=0) -> P
     """
     sparsity = check_sparsity(sparsity)
     scores = weight_scores(model, exclude, fn=lamp_scores)
-    masks = masks_from_scores(scores, sparsity, check_scope(scope))
+    masks = masks_from_scores(scores, sparsity, check_scope(scope),
+                              per_layer_sparsity=per_layer_sparsity)
     return Pruned(apply_masks(model, masks), masks)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 
-from workbench.prune.base import (Pruned, check_scope, check_sparsity, clone, positive_float,
-                                  positive_int, prunable_layers, register_pruner, require_data)
+from workbench.prune.base import (Pruned, check_scope, check_sparsity, clone, layer_targets,
+                                  positive_float, positive_int, prunable_layers, register_pruner,
+                                  require_data)
 from workbench.prune.gradual import magnitude_step
 from workbench.train import apply_masks_, fit
 
@@ -29,11 +30,12 @@ def round_sparsities(sparsity: float, rounds: int) -> list[float]:
                  "and the Lottery Ticket Hypothesis' (rewinding).", needs_data=True, trains=True)
 def lottery(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, rounds: int = 3,
             epochs: int = 2, rewind_epochs: int = 0, lr: float = 1e-3,
-            batch_size: int = 64) -> Pruned:
+            batch_size: int = 64, per_layer_sparsity=None) -> Pruned:
     """Train ``epochs``, prune the smallest surviving weights, rewind the survivors to their
     values at the rewind point (the given weights, or after ``rewind_epochs`` of training) and
     repeat for ``rounds`` rounds; the result is the rewound ticket retrained ``epochs`` epochs
-    with the final mask.
+    with the final mask. With ``per_layer_sparsity`` every layer removes the same fraction of
+    its survivors per round towards its own target.
 
     Examples
     --------
@@ -52,7 +54,9 @@ def lottery(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, ro
     lr = positive_float(lr, "lr")
     batch_size = positive_int(batch_size, "batch_size")
     require_data(data, "lottery", model)
-    prunable_layers(model, exclude)  # a wrong exclude name fails now, not after training
+    layer_targets_ = layer_targets(per_layer_sparsity, sparsity, prunable_layers(model, exclude),
+                                   scope)  # a wrong name fails now, not after training
+    per_round = {n: round_sparsities(s, rounds) for n, s in (layer_targets_ or {}).items()}
 
     def train(work, n, masks, offset):
         fit(work, data.x_train, data.y_train, epochs=n, lr=lr, batch_size=batch_size,
@@ -65,7 +69,8 @@ def lottery(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, ro
     targets = round_sparsities(sparsity, rounds)
     for r, target in enumerate(targets):
         train(work, epochs, masks, r + 1)
-        masks = magnitude_step(work, masks, target, scope, exclude)
+        masks = magnitude_step(work, masks, target, scope, exclude,
+                               {n: s[r] for n, s in per_round.items()})
         work.load_state_dict(rewind)
         apply_masks_(work, masks)
     train(work, epochs, masks, rounds + 1)

@@ -6,7 +6,7 @@ import torch
 
 from workbench.errors import ParameterError, UnsupportedLayerError
 from workbench.prune.base import (Pruned, apply_masks, check_sparsity, prunable_layers,
-                                  register_pruner)
+                                  refuse_per_layer, register_pruner)
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -30,9 +30,9 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 @register_pruner("nm", reference="Mishra et al. 2021, 'Accelerating Sparse Deep Neural Networks' "
                  "(NVIDIA 2:4 structured sparsity); Zhou et al. 2021 'Learning N:M Fine-grained "
-                 "Structured Sparse Neural Networks From Scratch'.")
+                 "Structured Sparse Neural Networks From Scratch'.", per_layer=False)
 def nm(model, sparsity=0.5, *, data=None, scope="layer", exclude=(), seed=0, n: int = 2,
-       m: int = 4, skip_indivisible: bool = False) -> Pruned:
+       m: int = 4, skip_indivisible: bool = False, per_layer_sparsity=None) -> Pruned:
     """N:M sparsity: in every group of ``m`` consecutive input weights of each output row keep
     the ``n`` largest magnitudes.
 
@@ -40,7 +40,8 @@ def nm(model, sparsity=0.5, *, data=None, scope="layer", exclude=(), seed=0, n: 
     (and ``scope`` is ignored); the real value is stored in ``info["sparsity"]``. Layers whose
     fan-in (``in_features``, or ``in_channels·kh·kw``) is not divisible by ``m`` raise
     :class:`UnsupportedLayerError` unless they are in ``exclude`` or ``skip_indivisible=True``
-    (then they stay dense and are listed in ``info["skipped"]``).
+    (then they stay dense and are listed in ``info["skipped"]``). ``per_layer_sparsity`` is
+    refused: the pattern fixes every layer's sparsity.
 
     Examples
     --------
@@ -50,6 +51,9 @@ def nm(model, sparsity=0.5, *, data=None, scope="layer", exclude=(), seed=0, n: 
     (0.5, 0.5)
     """
     check_sparsity(sparsity)
+    refuse_per_layer(per_layer_sparsity, "nm",
+                     "N:M fixes every layer's sparsity at 1 - n/m; exclude layers to keep them "
+                     "dense")
     for name, value in (("n", n), ("m", m)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ParameterError(f"N:M pruning needs integers {name} >= 1, got {name}={value!r}")

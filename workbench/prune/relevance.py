@@ -15,8 +15,8 @@ from torch import nn
 
 from workbench.errors import ParameterError
 from workbench.prune.base import (Pruned, check_sparsity, positive_int, prunable_layers,
-                                  register_pruner, require_data)
-from workbench.prune.structured import _structured
+                                  refuse_per_layer, register_pruner, require_data)
+from workbench.prune.structured import NO_PER_LAYER, _structured
 from workbench.relevance.attribution import (autograd_on, check_input, one_hot_scores,
                                              resolve_target)
 from workbench.relevance.lrp import LRP
@@ -87,10 +87,11 @@ def channel_relevance(model: nn.Module, x: torch.Tensor, target=None, composite=
 @register_pruner("relevance", reference="Yeom et al. 2021, 'Pruning by explaining: A novel "
                  "criterion for deep neural network pruning' (Pattern Recognition 115): LRP "
                  "relevance of filters/neurons over a reference batch.",
-                 structured=True, needs_data=True)
+                 structured=True, needs_data=True, per_layer=False)
 def relevance_pruning(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0,
                       samples: int = 128, composite: str = "epsilon", epsilon: float = 1e-6,
-                      target: str = "label", batch_size: int = 64) -> Pruned:
+                      target: str = "label", batch_size: int = 64,
+                      per_layer_sparsity=None) -> Pruned:
     """Remove the ``sparsity`` fraction of output channels with the least LRP relevance from
     every layer, physically (see :func:`workbench.prune.structured.l1_structured`).
 
@@ -107,6 +108,7 @@ def relevance_pruning(model, sparsity, *, data=None, scope="layer", exclude=(), 
     ([6, 3], 3)
     """
     sparsity = check_sparsity(sparsity)
+    refuse_per_layer(per_layer_sparsity, "relevance", NO_PER_LAYER)
     prunable_layers(model, exclude)  # validates the exclude names
     if target not in TARGETS:
         raise ParameterError(f"target must be one of {TARGETS}, got {target!r}")

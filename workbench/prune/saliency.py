@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from workbench.errors import DataError
 from workbench.prune.base import (Pruned, apply_masks, check_scope, check_sparsity, clone,
-                                  masks_from_scores, positive_int, prunable_layers,
-                                  register_pruner, require_data)
+                                  layer_targets, masks_from_scores, positive_int,
+                                  prunable_layers, register_pruner, require_data)
 
 
 def sample_batches(data, batches: int, batch_size: int, seed: int):
@@ -90,7 +90,7 @@ def taylor_scores(model, data, exclude=(), *, batches: int = 4, batch_size: int 
 @register_pruner("taylor", reference="Molchanov et al. 2019, 'Importance Estimation for Neural "
                  "Network Pruning' (first-order Taylor |w·dL/dw|, per weight).", needs_data=True)
 def taylor(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, batches: int = 4,
-           batch_size: int = 128) -> Pruned:
+           batch_size: int = 128, per_layer_sparsity=None) -> Pruned:
     """Remove the weights with the smallest first-order Taylor estimate of the loss change
     ``|w · dL/dw|``, averaged over ``batches`` mini-batches of the training data.
 
@@ -105,16 +105,17 @@ def taylor(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, bat
     sparsity = check_sparsity(sparsity)
     require_data(data, "taylor")
     scope = check_scope(scope)
+    layer_targets(per_layer_sparsity, sparsity, prunable_layers(model, exclude), scope)
     scores = taylor_scores(model, data, exclude, batches=positive_int(batches, "batches"),
                            batch_size=positive_int(batch_size, "batch_size"), seed=seed)
-    masks = masks_from_scores(scores, sparsity, scope)
+    masks = masks_from_scores(scores, sparsity, scope, per_layer_sparsity=per_layer_sparsity)
     return Pruned(apply_masks(model, masks), masks, {"batches": int(batches)})
 
 
 @register_pruner("snip", reference="Lee et al. 2019, 'SNIP: Single-shot Network Pruning based on "
                  "Connection Sensitivity' (|g·w| on one batch).", needs_data=True)
 def snip(model, sparsity, *, data=None, scope="global", exclude=(), seed=0,
-         batch_size: int = 128) -> Pruned:
+         batch_size: int = 128, per_layer_sparsity=None) -> Pruned:
     """Remove the weights with the smallest connection sensitivity ``|dL/dw · w|`` on one batch,
     over all layers together by default as in the paper (the normalisation by the sum of all
     sensitivities does not change the ranking, so it is left out).
@@ -131,9 +132,10 @@ def snip(model, sparsity, *, data=None, scope="global", exclude=(), seed=0,
     sparsity = check_sparsity(sparsity)
     require_data(data, "snip")
     scope = check_scope(scope)
+    layer_targets(per_layer_sparsity, sparsity, prunable_layers(model, exclude), scope)
     scores = taylor_scores(model, data, exclude, batches=1,
                            batch_size=positive_int(batch_size, "batch_size"), seed=seed)
-    masks = masks_from_scores(scores, sparsity, scope)
+    masks = masks_from_scores(scores, sparsity, scope, per_layer_sparsity=per_layer_sparsity)
     return Pruned(apply_masks(model, masks), masks, {"batch_size": int(batch_size)})
 
 
@@ -187,7 +189,7 @@ def hutchinson_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name
                  "H_ii·w²/2; diagonal by Hutchinson, Yao et al. 2020 'PyHessian').",
                  needs_data=True)
 def hessian(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, samples: int = 16,
-            batch_size: int = 256, chunk: int = 16) -> Pruned:
+            batch_size: int = 256, chunk: int = 16, per_layer_sparsity=None) -> Pruned:
     """Optimal Brain Damage: remove the weights with the smallest saliency ``0.5 · H_ii · w²``,
     the diagonal Hessian of the loss on one training batch estimated from ``samples`` Hutchinson
     probes (``chunk`` of them per batched backward pass: more is faster, uses more memory).
@@ -206,9 +208,10 @@ def hessian(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, sa
     scope = check_scope(scope)
     samples = positive_int(samples, "samples")
     layers = prunable_layers(model, exclude)
+    layer_targets(per_layer_sparsity, sparsity, layers, scope)
     ((x, y),) = sample_batches(data, 1, positive_int(batch_size, "batch_size"), seed)
     diag = hutchinson_diagonal(model, x, y, list(layers), samples=samples, seed=seed,
                                chunk=positive_int(chunk, "chunk"))
     scores = {n: 0.5 * diag[n] * m.weight.detach() ** 2 for n, m in layers.items()}
-    masks = masks_from_scores(scores, sparsity, scope)
+    masks = masks_from_scores(scores, sparsity, scope, per_layer_sparsity=per_layer_sparsity)
     return Pruned(apply_masks(model, masks), masks, {"samples": samples})

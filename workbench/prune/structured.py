@@ -23,7 +23,11 @@ from torch.nn import functional as F
 
 from workbench.errors import ParameterError, UnsupportedLayerError
 from workbench.prune.base import (Pruned, _excluded, check_sparsity, clone, prunable_layers,
-                                  register_pruner)
+                                  refuse_per_layer, register_pruner)
+
+#: Why the structured methods refuse ``per_layer_sparsity``.
+NO_PER_LAYER = ("it removes one fraction of channels from every layer and residual group "
+                "together; use exclude to keep layers whole")
 
 PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid,
                       nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Identity, nn.Dropout,
@@ -399,8 +403,9 @@ def _structured(model, sparsity, data, scope, exclude, p, method, scores=None) -
 
 @register_pruner("l1_structured", reference="Li et al. 2017, 'Pruning Filters for Efficient "
                  "ConvNets' (L1 norm of filters; residual channels pruned jointly).",
-                 structured=True)
-def l1_structured(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0) -> Pruned:
+                 structured=True, per_layer=False)
+def l1_structured(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0,
+                  per_layer_sparsity=None) -> Pruned:
     """Remove the ``sparsity`` fraction of output channels (Conv2d filters, hidden Linear
     neurons) with the smallest L1 norm from every layer, physically, along with the inputs of
     the layers that read them. The final classifier keeps all its outputs.
@@ -412,14 +417,15 @@ def l1_structured(model, sparsity, *, data=None, scope="layer", exclude=(), seed
     >>> p.info["channels"]["features.0"], p.model.features[3].weight.shape[1]
     ([6, 3], 3)
     """
+    refuse_per_layer(per_layer_sparsity, "l1_structured", NO_PER_LAYER)
     return _structured(model, sparsity, data, scope, exclude, 1.0, "l1_structured")
 
 
 @register_pruner("l2_structured", reference="Li et al. 2017, 'Pruning Filters for Efficient "
                  "ConvNets' with the L2 norm (He et al. 2018, 'Soft Filter Pruning').",
-                 structured=True)
+                 structured=True, per_layer=False)
 def l2_structured(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0,
-                  p: float = 2.0) -> Pruned:
+                  p: float = 2.0, per_layer_sparsity=None) -> Pruned:
     """Like :func:`l1_structured`, ranking filters by their Lp norm (``p=2`` by default).
 
     Examples
@@ -429,6 +435,7 @@ def l2_structured(model, sparsity, *, data=None, scope="layer", exclude=(), seed
     >>> p.info["channels"]["features.1"]
     [128, 96]
     """
+    refuse_per_layer(per_layer_sparsity, "l2_structured", NO_PER_LAYER)
     try:
         p = float(p)
     except (TypeError, ValueError):
