@@ -2,8 +2,12 @@
 
 The dashboard's live preview calls :func:`preview` on every slider move, so results are cached
 per parent variant, keyed by kind, method, seed and parameters: going back to a setting seen
-before costs a dictionary lookup. The cache holds only :class:`~workbench.metrics.Metrics` (a
-few numbers), never models, and forgets a parent's entries when that variant is deleted.
+before costs a dictionary lookup. :func:`whatif` adds the slower part of the preview (error
+under a few corruptions and the penultimate-layer geometry, see
+:mod:`workbench.analysis.whatif`) under the same key in the same per-parent cache;
+:func:`cached_whatif` looks it up without computing. The cache holds only small frozen results
+(:class:`~workbench.metrics.Metrics`, :class:`~workbench.analysis.whatif.WhatIf`), never models,
+and forgets a parent's entries when that variant is deleted.
 
 Examples
 --------
@@ -30,12 +34,14 @@ MAX_ENTRIES_PER_PARENT = 1024
 
 _lock = threading.Lock()
 _cache: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
-_stats = {"hits": 0, "misses": 0}
+#: Hits and misses per kind of cached result: "preview" (Metrics) and "whatif" (WhatIf).
+_stats = {"preview": {"hits": 0, "misses": 0}, "whatif": {"hits": 0, "misses": 0}}
 
 
 @dataclass(frozen=True)
 class CacheInfo:
-    """How often :func:`preview` answered from its cache (``hits``) or computed (``misses``)."""
+    """How often :func:`preview` (or :func:`whatif`) answered from its cache (``hits``) or
+    computed (``misses``), and how many such results are cached (``size``)."""
 
     hits: int
     misses: int
@@ -107,45 +113,125 @@ def preview(session, kind: str, method: str, *, parent: str | None = None,
     >>> a.accuracy == b.metrics.accuracy
     True
     """
-    from workbench.build import build_variant
+    source, key, recipe = _request(session, kind, method, parent, seed, params)
+    hit = _lookup(source, key, "preview")
+    if hit is not None:
+        return hit
+    return _store(source, key, "preview", _build(session, source, recipe).metrics)
 
+
+def _request(session, kind, method, parent, seed, params):
+    """``(parent variant, cache key, recipe)`` of a preview request (checked)."""
     if params.get("finetune_epochs"):
         raise ParameterError("a preview does not fine-tune; apply the method to fine-tune")
+    params = dict(params)
     params.pop("finetune_epochs", None)
     params.pop("finetune_lr", None)
     source = session[parent] if parent is not None else session.base
     seed = session.seed if seed is None else int(seed)
     entry(kind, method)  # unknown kind or method: a clear error before the cache is touched
     key = (kind, method, seed, _freeze(params))
-    with _lock:
-        cached = _cache.setdefault(source, OrderedDict())
-        if key in cached:
-            cached.move_to_end(key)
-            _stats["hits"] += 1
-            return cached[key]
-    recipe = Recipe("preview", kind, method, dict(params), seed,
+    recipe = Recipe("preview", kind, method, params, seed,
                     None if source.recipe is None else source.name)
-    metrics = build_variant(recipe, source, session.data).metrics
+    return source, key, recipe
+
+
+def _build(session, source, recipe):
+    from workbench.build import build_variant
+
+    return build_variant(recipe, source, session.data)
+
+
+def _lookup(source, key, what: str):
+    """The cached result (and a hit counted), or ``None``."""
     with _lock:
-        _stats["misses"] += 1
         cached = _cache.setdefault(source, OrderedDict())
-        cached[key] = metrics
+        full = key if what == "preview" else (what, *key)
+        if full in cached:
+            cached.move_to_end(full)
+            _stats[what]["hits"] += 1
+            return cached[full]
+    return None
+
+
+def _store(source, key, what: str, value):
+    with _lock:
+        _stats[what]["misses"] += 1
+        cached = _cache.setdefault(source, OrderedDict())
+        cached[key if what == "preview" else (what, *key)] = value
         while len(cached) > MAX_ENTRIES_PER_PARENT:
             cached.popitem(last=False)
-    return metrics
+    return value
 
 
-def cache_info() -> CacheInfo:
-    """Hits, misses and the number of cached results over all parents."""
+def whatif(session, kind: str, method: str, *, parent: str | None = None,
+           seed: int | None = None, **params):
+    """Corruption errors and feature geometry of the variant :func:`preview` describes.
+
+    Same arguments and cache key as :func:`preview`; computed with
+    :func:`~workbench.analysis.whatif.whatif_summary` (its default settings, one thread) on the
+    built variant and cached with the parent's previews.
+
+    Returns
+    -------
+    WhatIf
+
+    Examples
+    --------
+    >>> import workbench
+    >>> s = workbench.Session.default(progress=False)
+    >>> w = whatif(s, "prune", "magnitude", sparsity=0.3)
+    >>> w is whatif(s, "prune", "magnitude", sparsity=0.3)  # the second call is a lookup
+    True
+    """
+    from workbench.analysis.whatif import whatif_summary
+
+    source, key, recipe = _request(session, kind, method, parent, seed, params)
+    hit = _lookup(source, key, "whatif")
+    if hit is not None:
+        return hit
+    return _store(source, key, "whatif", whatif_summary(_build(session, source, recipe).model,
+                                                        session.data))
+
+
+def cached_whatif(session, kind: str, method: str, *, parent: str | None = None,
+                  seed: int | None = None, **params):
+    """The cached :func:`whatif` result of these settings, or ``None`` (nothing is computed;
+    a found result counts as a hit)."""
+    source, key, _ = _request(session, kind, method, parent, seed, params)
+    return _lookup(source, key, "whatif")
+
+
+def variant_whatif(variant):
+    """:func:`~workbench.analysis.whatif.whatif_summary` of an existing variant (cached with
+    its own previews, for comparing a preview with its parent or the base model)."""
+    from workbench.analysis.whatif import whatif_summary
+
+    key = ("self",)
+    hit = _lookup(variant, key, "whatif")
+    if hit is not None:
+        return hit
+    return _store(variant, key, "whatif", whatif_summary(variant.model, variant.data))
+
+
+def cache_info(what: str = "preview") -> CacheInfo:
+    """Hits, misses and the number of cached results over all parents, for :func:`preview`
+    (``what="preview"``) or :func:`whatif` (``what="whatif"``)."""
+    if what not in _stats:
+        raise ParameterError(f"what must be one of {list(_stats)}, got {what!r}")
     with _lock:
-        return CacheInfo(_stats["hits"], _stats["misses"], sum(len(c) for c in _cache.values()))
+        size = sum(sum(1 for k in c if (k[0] == "whatif") == (what == "whatif"))
+                   for c in _cache.values())
+        return CacheInfo(_stats[what]["hits"], _stats[what]["misses"], size)
 
 
 def cache_clear() -> None:
     """Forget every cached preview and reset the counters."""
     with _lock:
         _cache.clear()
-        _stats.update(hits=0, misses=0)
+        for counts in _stats.values():
+            counts.update(hits=0, misses=0)
 
 
-__all__ = ["preview", "previewable", "entry", "cache_info", "cache_clear", "CacheInfo"]
+__all__ = ["preview", "previewable", "entry", "whatif", "cached_whatif", "variant_whatif",
+           "cache_info", "cache_clear", "CacheInfo"]

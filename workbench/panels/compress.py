@@ -5,6 +5,19 @@ Moving the sparsity slider (or changing any setting) previews the result with
 through the shared :class:`~workbench.panels.state.SessionState`, in a worker thread so the page
 stays responsive, and shows any error in the panel.
 
+The live what-if: right after the accuracy preview, the corruption error and the feature
+geometry of the same candidate (:func:`workbench.preview.whatif`, cached under the same key)
+follow from a single background worker thread while "computing…" shows; a newer setting
+supersedes an older pending computation, whose result is dropped. A setting seen before is a
+cache lookup and shows at once. Without a running event loop (plain Python, tests) it is
+computed right away instead.
+
+"Per layer" replaces the sparsity slider (or the bit width) by a
+:class:`~workbench.widgets.panel.LayerEditorPanel`: one bar per layer of the parent (length =
+weights, colour = accuracy drop when that layer alone is pruned to 50%), whose handle sets that
+layer's sparsity (``per_layer_sparsity``) or bit width (``per_layer_bits``). The default
+``sparsity`` sent along is the size-weighted overall sparsity, which names the variant.
+
 Examples
 --------
 >>> import workbench
@@ -23,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import panel as pn
@@ -33,13 +48,21 @@ from workbench.errors import ParameterError, WorkbenchError
 from workbench.metrics import Metrics
 from workbench.panels.state import SessionState
 from workbench.plots.compare import layer_sparsity_figure
-from workbench.preview import entry, preview, previewable
+from workbench.analysis.whatif import WhatIf
+from workbench.preview import (cached_whatif, entry, preview, previewable, variant_whatif,
+                               whatif)
 from workbench.prune.base import SCOPES
 from workbench.session import BASE, Variant
+from workbench.widgets.panel import LayerEditorPanel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = {"prune": "magnitude", "quantize": "uniform"}
+
+#: One worker for every panel's what-if: the computations queue instead of competing for the
+#: (few, shared) cores, and superseded ones are skipped when their turn comes.
+_WHATIF_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workbench-whatif")
+_sensitivity: "weakref.WeakKeyDictionary[Variant, dict]" = weakref.WeakKeyDictionary()
 
 
 def error_message(err: BaseException) -> str:
@@ -78,10 +101,26 @@ class CompressPanel(pn.viewable.Viewer):
     last_added = param.String(default="", doc="Name of the last variant Apply added.")
     busy = param.Boolean(default=False, doc="Apply is running.")
 
+    per_layer = param.Boolean(default=False, label="Per layer",
+                              doc="Set each layer's sparsity (or bit width) in the layer editor.")
+    layer_values = param.Dict(default={}, doc="Layer name → sparsity (prune) or bits (quantize) "
+                                              "from the layer editor.")
+    whatif = param.ClassSelector(class_=WhatIf, default=None, allow_None=True,
+                                 doc="Corruption error and geometry of the previewed variant.")
+    reference_whatif = param.ClassSelector(class_=WhatIf, default=None, allow_None=True,
+                                           doc="The same for the parent variant.")
+    whatif_pending = param.Boolean(default=False, doc="The what-if part is being computed.")
+    whatif_note = param.String(default="", doc="Why there is no what-if summary.")
+
     def __init__(self, **params):
         super().__init__(**params)
         if self.state is None:
             raise ParameterError("CompressPanel needs a SessionState (state=...)")
+        self._whatif_token = 0
+        self._whatif_tasks: set = set()
+        self._editor_for: tuple | None = None  # (kind, parent) the editor's layers belong to
+        self.layer_editor = LayerEditorPanel(sizing_mode="stretch_width")
+        self.layer_editor.param.watch(self._editor_changed, "value")
         self._sync_methods()
         self._sync_parents()
         self._update_preview()
@@ -150,12 +189,20 @@ class CompressPanel(pn.viewable.Viewer):
         if self.method is None:
             raise ParameterError(f"no {self.kind} method is registered")
         params: dict = {}
+        per_layer = self._per_layer_active() and self._editor_for == (self.kind, self.parent) \
+            and bool(self.layer_values)
         if self.kind == "prune":
             params["sparsity"] = round(float(self.sparsity), 6)
             if "scope" in self._fn_defaults():
-                params["scope"] = self.scope
+                params["scope"] = "layer" if per_layer else self.scope
+            if per_layer:
+                values = {n: round(float(v), 4) for n, v in self.layer_values.items()}
+                params["sparsity"] = self._overall_sparsity(values)
+                params["per_layer_sparsity"] = values
         else:
             params["bits"] = self.bits
+            if per_layer:
+                params["per_layer_bits"] = {n: int(v) for n, v in self.layer_values.items()}
         params.update(self._extra_params())
         if self.parent != BASE:
             params["parent"] = self.parent
@@ -171,15 +218,17 @@ class CompressPanel(pn.viewable.Viewer):
 
     # --- preview (effect: fills preview_metrics / preview_note) ---------------------------------
     @param.depends("kind", "method", "parent", "sparsity", "scope", "bits", "extra",
-                   "state.revision", watch=True)
+                   "per_layer", "layer_values", "state.revision", watch=True)
     def _update_preview(self):
         if (self.method is None or self.method not in workbench.methods(self.kind)
                 or self.parent not in self.state.variants):
+            self._drop_whatif()
             self.param.update(preview_metrics=None,
                               preview_note=f"No {self.kind} method is registered."
                               if self.method is None else "")
             return
         if not previewable(self.kind, self.method):
+            self._drop_whatif()
             self.param.update(preview_metrics=None,
                               preview_note=f"**{self.method}** trains while it compresses, so it "
                                            "has no live preview: press **Apply** to run it.")
@@ -188,9 +237,151 @@ class CompressPanel(pn.viewable.Viewer):
             params = self.request()
             metrics = preview(self.state.session, self.kind, self.method, **params)
         except Exception as err:  # noqa: BLE001  shown in the panel, never raised into the UI
+            self._drop_whatif()
             self.param.update(preview_metrics=None, preview_note=f"⚠ {error_message(err)}")
             return
         self.param.update(preview_metrics=metrics, preview_note="")
+        self._schedule_whatif(params)
+
+    # --- what-if (effect: fills whatif / reference_whatif after the fast preview) --------------
+    def _drop_whatif(self) -> None:
+        """Forget the shown summary and supersede any pending computation."""
+        self._whatif_token += 1
+        self.param.update(whatif=None, reference_whatif=None, whatif_pending=False,
+                          whatif_note="")
+
+    def _schedule_whatif(self, params: dict) -> None:
+        self._whatif_token += 1
+        token = self._whatif_token
+        session, kind, method = self.state.session, self.kind, self.method
+        parent = session[self.parent]
+        try:
+            hit = cached_whatif(session, kind, method, **params)
+        except Exception:  # noqa: BLE001  the computation below reports it
+            hit = None
+        if hit is not None:  # going back to a seen setting: a lookup, no worker
+            self._show_whatif(token, (hit, variant_whatif(parent)))
+            return
+
+        def compute():
+            if token != self._whatif_token:
+                return None  # superseded while queued: skip the work
+            return whatif(session, kind, method, **params), variant_whatif(parent)
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:  # plain Python: nothing to keep responsive
+            self._run_whatif_now(token, compute)
+            return
+        self.param.update(whatif=None, whatif_pending=True, whatif_note="")
+        task = loop.create_task(self._run_whatif_later(token, compute))
+        self._whatif_tasks.add(task)
+        task.add_done_callback(self._whatif_tasks.discard)
+
+    def _run_whatif_now(self, token: int, compute) -> None:
+        try:
+            result = compute()
+        except Exception as err:  # noqa: BLE001
+            self._whatif_failed(token, err)
+            return
+        self._show_whatif(token, result)
+
+    async def _run_whatif_later(self, token: int, compute) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(_WHATIF_WORKER, compute)
+        except Exception as err:  # noqa: BLE001
+            self._whatif_failed(token, err)
+            return
+        self._show_whatif(token, result)
+
+    def _show_whatif(self, token: int, result) -> None:
+        if result is None or token != self._whatif_token:
+            return  # a newer setting was chosen meanwhile: never show a stale summary
+        w, ref = result
+        self.param.update(whatif=w, reference_whatif=ref, whatif_pending=False, whatif_note="")
+
+    def _whatif_failed(self, token: int, err: BaseException) -> None:
+        if token == self._whatif_token:
+            self.param.update(whatif=None, reference_whatif=None, whatif_pending=False,
+                              whatif_note=f"No robustness summary: {error_message(err)}")
+
+    async def whatif_settled(self) -> None:
+        """Wait until every scheduled what-if computation has finished (or been dropped)."""
+        while self._whatif_tasks:
+            await asyncio.gather(*list(self._whatif_tasks), return_exceptions=True)
+
+    # --- per layer (effects: the editor follows the parent and kind; values follow the editor) -
+    def _per_layer_supported(self) -> bool:
+        if self.method is None or self.method not in workbench.methods(self.kind):
+            return False
+        e = entry(self.kind, self.method)
+        if self.kind == "prune":
+            return bool(getattr(e, "per_layer", False))
+        return "per_layer_bits" in inspect.signature(e.fn).parameters
+
+    def _per_layer_active(self) -> bool:
+        return self.per_layer and self._per_layer_supported()
+
+    def _overall_sparsity(self, values: dict) -> float:
+        sizes = dict(zip(self.layer_editor.layers, self.layer_editor.size_array.tolist()))
+        total = sum(sizes.get(n, 0.0) for n in values)
+        if not total:
+            return round(float(self.sparsity), 6)
+        overall = sum(v * sizes.get(n, 0.0) for n, v in values.items()) / total
+        return min(0.99, round(overall, 2))
+
+    @param.depends("per_layer", "kind", "parent", "state.revision", watch=True)
+    def _fill_editor(self):
+        """(Re)load the editor with the parent's layers, starting from the uniform setting."""
+        if not self.per_layer or self.parent not in self.state.session.variants:
+            return
+        from workbench.widgets.layer_editor import layer_editor_data
+
+        session = self.state.session
+        variant = session[self.parent]
+        mode = "sparsity" if self.kind == "prune" else "bits"
+        choices = list(entry(self.kind, self.method).bits) if mode == "bits" else [8]
+        layers_before = list(self.layer_editor.layers)
+        if variant not in _sensitivity:
+            from workbench.widgets.sensitivity import layer_sensitivity
+
+            _sensitivity[variant] = layer_sensitivity(session, 0.5, variant=self.parent)
+        data = layer_editor_data(session, mode, variant=self.parent,
+                                 sensitivity=_sensitivity[variant], bits_choices=choices)
+        if (self._editor_for == (self.kind, self.parent) and data["layers"] == layers_before
+                and set(self.layer_values) == set(data["layers"])):
+            return  # same layers (e.g. another variant was added): keep the user's edits
+        start = float(self.sparsity) if mode == "sparsity" else self.bits
+        data["value"] = [start] * len(data["layers"])
+        self.layer_editor.param.update(**data)
+        self._editor_for = (self.kind, self.parent)
+        self.layer_values = dict(zip(data["layers"], self.layer_editor.value))
+
+    @param.depends("method", "bits", watch=True)
+    def _editor_bits(self):
+        if self.kind != "quantize" or self.layer_editor.mode != "bits" \
+                or self.method not in workbench.methods("quantize"):
+            return
+        choices = list(entry("quantize", self.method).bits)
+        if choices != list(self.layer_editor.bits_choices):
+            self.layer_editor.param.update(bits_choices=choices,
+                                           value=list(self.layer_editor.value))
+
+    def _editor_changed(self, event):
+        values = dict(zip(self.layer_editor.layers, event.new))
+        if values != self.layer_values:
+            self.layer_values = values
+
+    @param.depends("layer_values", watch=True)
+    def _values_to_editor(self):
+        if list(self.layer_values) != list(self.layer_editor.layers):
+            return
+        wanted = [self.layer_values[n] for n in self.layer_editor.layers]
+        if wanted != list(self.layer_editor.value):
+            self.layer_editor.value = wanted
 
     # --- apply -------------------------------------------------------------------------------
     def apply_now(self) -> Variant | None:
@@ -311,6 +502,59 @@ class CompressPanel(pn.viewable.Viewer):
         return self.kind == "prune" and "scope" in self._fn_defaults()
 
     @param.depends("kind", "method")
+    def _offers_per_layer(self) -> bool:
+        return self._per_layer_supported()
+
+    @param.depends("kind", "method", "per_layer")
+    def _shows_editor(self) -> bool:
+        return self._per_layer_active()
+
+    @param.depends("kind", "method", "per_layer")
+    def _shows_slider(self) -> bool:
+        return self.kind == "prune" and not self._per_layer_active()
+
+    @param.depends("kind", "method", "per_layer")
+    def _shows_scope_choice(self) -> bool:
+        return self._shows_scope() and not self._per_layer_active()
+
+    @param.depends("whatif")
+    def _has_whatif(self) -> bool:
+        return self.whatif is not None
+
+    @param.depends("whatif_note")
+    def _has_whatif_note(self) -> bool:
+        return bool(self.whatif_note)
+
+    @param.depends("whatif", "reference_whatif")
+    def _whatif_text(self) -> str:
+        w, ref = self.whatif, self.reference_whatif
+        if w is None:
+            return ""
+        name = self.parent
+        mce = w.mce(ref) if ref is not None else float("nan")
+
+        def cell(fn, r):
+            return fn(r) if r is not None else ""
+
+        rows = [
+            ("mean corruption error", lambda r: f"{100 * r.mean_corruption_error:.1f}%"),
+            ("mCE vs " + name, lambda r: f"{r.mce(ref):.2f}" if ref is not None else ""),
+            ("clean error (sample)", lambda r: f"{100 * r.clean_error:.1f}%"),
+            ("mean margin", lambda r: f"{r.mean_margin:.2f}"),
+            ("negative margins", lambda r: f"{100 * r.negative_margin_fraction:.1f}%"),
+            ("feature length", lambda r: f"{r.mean_length:.2f}"),
+            ("angle to class", lambda r: f"{r.mean_angle:.1f}°"),
+        ]
+        corruptions = ", ".join(c.replace("_", " ") for c in w.corruptions)
+        return "\n".join([
+            f"| robustness & geometry | preview | {name} |", "|---|---|---|",
+            *(f"| {label} | {cell(fn, w)} | {cell(fn, ref)} |" for label, fn in rows),
+            "",
+            f"<small>{w.samples} test images; {corruptions} at severity {w.severity}; "
+            f"mCE {mce:.2f} = the preview's errors relative to {name}'s.</small>",
+        ])
+
+    @param.depends("kind", "method")
     def _method_doc(self) -> str:
         if self.method is None:
             return ""
@@ -330,10 +574,12 @@ class CompressPanel(pn.viewable.Viewer):
             pn.pane.HTML(self._method_doc, margin=(0, 10)),
             w.Select.from_param(self.param.parent),
             w.FloatSlider.from_param(self.param.sparsity, throttled=True, format="0.00",
-                                     visible=self._is_prune, css_classes=["wb-sparsity"]),
+                                     visible=self._shows_slider, css_classes=["wb-sparsity"]),
             w.RadioButtonGroup.from_param(self.param.scope, color="primary", variant="outline",
-                                          visible=self._shows_scope),
+                                          visible=self._shows_scope_choice),
             w.Select.from_param(self.param.bits, label="Bits", visible=self._is_quantize),
+            w.Checkbox.from_param(self.param.per_layer, visible=self._offers_per_layer,
+                                  css_classes=["wb-per-layer"]),
             w.IntInput.from_param(self.param.finetune_epochs, visible=self._is_prune),
             w.TextInput.from_param(self.param.variant_name, placeholder="automatic"),
             w.TextAreaInput.from_param(self.param.extra, placeholder="min_keep: 0.05",
@@ -350,13 +596,30 @@ class CompressPanel(pn.viewable.Viewer):
         )
         result = pn.Column(
             pn.pane.Markdown("### Preview", margin=(0, 10)),
-            pn.indicators.Number(label="Accuracy", value=self._accuracy_pct, format="{value:.1f}%",
-                                 font_size="48pt", title_size="14pt", visible=self._has_preview,
-                                 css_classes=["wb-preview-accuracy"]),
+            pn.Row(
+                pn.indicators.Number(label="Accuracy", value=self._accuracy_pct,
+                                     format="{value:.1f}%", font_size="48pt", title_size="14pt",
+                                     visible=self._has_preview,
+                                     css_classes=["wb-preview-accuracy"]),
+                pn.Column(
+                    pn.Row(pn.indicators.LoadingSpinner(value=self.param.whatif_pending,
+                                                        size=18, visible=self.param.whatif_pending),
+                           pn.pane.Markdown("computing robustness and geometry…",
+                                            visible=self.param.whatif_pending, margin=(0, 5)),
+                           css_classes=["wb-whatif-pending"]),
+                    pn.pane.Markdown(self._whatif_text, visible=self._has_whatif,
+                                     css_classes=["wb-whatif"]),
+                    pn.pane.Alert(self.param.whatif_note, alert_type="warning",
+                                  visible=self._has_whatif_note),
+                ),
+            ),
             pn.pane.HTML(self._delta_text, visible=self._has_preview),
             pn.pane.Markdown(self._details, visible=self._has_preview),
             pn.pane.Alert(self.param.preview_note, alert_type="info", visible=self._has_note,
                           css_classes=["wb-preview-note"]),
+            pn.Column(pn.pane.Markdown("#### Per layer", margin=(0, 10)), self.layer_editor,
+                      visible=self._shows_editor, sizing_mode="stretch_width",
+                      css_classes=["wb-layer-editor"]),
             pn.pane.Plotly(self._layer_figure, visible=self._shows_layers, height=380,
                            sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
