@@ -22,6 +22,7 @@ from workbench.preview import cache_clear, cache_info, preview
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
 from workbench.sweep import sweep
+from workbench.widgets.panel import LayerEditorPanel
 
 
 @pytest.fixture
@@ -339,3 +340,88 @@ def test_the_app_factory_gives_each_visitor_a_fresh_session():
 def test_csv_download_is_text(state):
     buf = ComparePanel(state=state).csv()
     assert isinstance(buf, io.StringIO) and buf.read().count("\n") == 2
+
+
+# --- per-layer editor --------------------------------------------------------------------------
+def test_per_layer_editor_feeds_the_preview_and_apply(state):
+    compress = CompressPanel(state=state)
+    view = compress.__panel__()
+    compress.param.update(method="magnitude", sparsity=0.4)
+    assert compress._offers_per_layer() and not compress._shows_editor()
+    compress.per_layer = True
+    editor = compress.layer_editor
+    session = state.session
+    layers = list(session.base.metrics.layer_sparsity)
+    assert editor.layers == layers and editor.mode == "sparsity"
+    assert editor.value == [0.4] * len(layers)  # starts at the uniform setting
+    sizes = {n: m.weight.numel() for n, m in session.base.model.named_modules() if n in layers}
+    assert editor.size_array.tolist() == [sizes[n] for n in layers]
+    assert len(editor.sensitivity_array) == len(layers)
+    assert compress._shows_editor() and not compress._shows_slider()
+    assert view.select(LayerEditorPanel) == [editor]
+
+    targets = [0.1, 0.25, 0.9, 0.8, 0.3]
+    editor.value = targets  # what dragging the bars does
+    wanted = dict(zip(layers, targets))
+    assert compress.layer_values == wanted
+    assert compress.request()["per_layer_sparsity"] == wanted
+    for n, s in wanted.items():
+        assert compress.preview_metrics.layer_sparsity[n] == pytest.approx(s, abs=0.01)
+    overall = sum(s * sizes[n] for n, s in wanted.items()) / sum(sizes.values())
+    assert compress.preview_metrics.sparsity == pytest.approx(overall, abs=0.01)
+    assert compress.whatif == whatif_summary_of(session, "magnitude", compress.request())
+
+    v = compress.apply_now()
+    assert compress.error == "" and v.recipe.params["per_layer_sparsity"] == wanted
+    assert v.name == f"magnitude-{round(100 * round(overall, 2))}"
+    for n, s in wanted.items():
+        mask = v.masks[n]
+        assert int((~mask).sum()) == round(s * mask.numel()), n
+    assert v.metrics.accuracy == compress.preview_metrics.accuracy
+    assert editor.value == targets  # adding the variant keeps the edits
+
+    compress.layer_values = {**wanted, "fc": 0.5}  # and Python can set them too
+    assert editor.value[-1] == 0.5
+    assert compress.preview_metrics.layer_sparsity["fc"] == pytest.approx(0.5, abs=0.01)
+
+
+def whatif_summary_of(session, method, params):
+    from workbench.analysis.whatif import whatif_summary
+
+    v = session.prune(method, name="tmp-whatif", **params)
+    out = whatif_summary(v)
+    session.remove("tmp-whatif")
+    return out
+
+
+def test_per_layer_bits_for_quantizers(state):
+    compress = CompressPanel(state=state)
+    compress.param.update(kind="quantize", method="uniform", bits=8, per_layer=True)
+    editor = compress.layer_editor
+    assert editor.mode == "bits" and editor.bits_choices == list(QUANTIZERS["uniform"].bits)
+    assert set(editor.value) == {8}
+    editor.value = [8, 4, 3, 6, 8]
+    wanted = dict(zip(editor.layers, [8, 4, 3, 6, 8]))
+    assert compress.request()["per_layer_bits"] == wanted
+    assert compress.preview_metrics.bits == wanted
+    v = compress.apply_now()
+    assert {n: q.bits for n, q in v.quant.items()} == wanted
+    compress.kind = "prune"  # back to sparsities, from the uniform setting
+    assert editor.mode == "sparsity" and set(editor.value) == {compress.sparsity}
+
+
+def test_per_layer_is_offered_only_where_it_means_something(state):
+    compress = CompressPanel(state=state)
+    compress.per_layer = True
+    for method in ("nm", "l1_structured"):
+        compress.method = method
+        assert not compress._offers_per_layer() and not compress._shows_editor()
+        assert "per_layer_sparsity" not in compress.request()
+    compress.method = "lamp"  # global by default: per layer sends scope="layer"
+    assert compress._shows_editor() and not compress._shows_scope_choice()
+    request = compress.request()
+    assert request["scope"] == "layer" and set(request["per_layer_sparsity"]) == set(
+        compress.layer_editor.layers)
+    assert compress.preview_note == "" and compress.preview_metrics is not None
+    compress.per_layer = False
+    assert compress.request()["scope"] == "global" and "per_layer_sparsity" not in compress.request()
