@@ -48,6 +48,9 @@ TABS: list[tuple[str, TabFactory]] = [
 ]
 
 EXTENSIONS = ("plotly", "tabulator")
+# Tab headers wrap onto a second row on narrow screens; Bokeh's default scrolls them sideways
+# with a hidden scrollbar, so the last tabs were out of reach at 1024 px.
+TAB_HEADERS_WRAP = ".bk-headers-wrapper { flex-wrap: wrap; }"
 
 
 def register_tab(title: str, factory: TabFactory, *, replace: bool = False) -> None:
@@ -127,7 +130,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _tabs(self) -> pn.Tabs:
         return pn.Tabs(*self.tabs.items(), dynamic=True, sizing_mode="stretch_width",
-                       css_classes=["wb-tabs"])
+                       css_classes=["wb-tabs"], stylesheets=[TAB_HEADERS_WRAP])
 
     def __panel__(self):
         return pn.Row(pn.Column(*self._sidebar(), width=330), self._tabs(),
