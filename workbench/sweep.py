@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from workbench.cancel import Cancelled
 from workbench.errors import ParameterError, WorkbenchError
 from workbench.preview import preview
 
@@ -79,7 +80,9 @@ def sweep(session, methods: Iterable[str], sparsities: Iterable[float] = DEFAULT
     parent : str, optional
         Variant to prune (default: the base model).
     callback : callable, optional
-        ``callback(done, total)`` after every point (drives a progress bar).
+        ``callback(done, total)`` after every point (drives a progress bar); it may raise
+        (e.g. :class:`~workbench.cancel.Cancelled` from ``CancelToken.callback``) to stop the
+        sweep, which then returns nothing and leaves the session as it was.
     **params
         Passed to every method (e.g. ``scope="global"``).
 
@@ -102,6 +105,8 @@ def sweep(session, methods: Iterable[str], sparsities: Iterable[float] = DEFAULT
         for i, s in enumerate(grid):
             try:
                 metrics = preview(session, "prune", m, parent=parent, sparsity=float(s), **params)
+            except Cancelled:
+                raise
             except WorkbenchError as err:
                 if isinstance(err, KeyError):  # an unknown method name: nothing to sweep
                     raise

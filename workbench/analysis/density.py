@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from workbench.cancel import tqdm  # tqdm.auto, stoppable by a CancelToken
 
 from workbench.analysis.hessian import HessianOperator, check_positive
 from workbench.errors import ParameterError

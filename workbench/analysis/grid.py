@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from workbench.cancel import tqdm  # tqdm.auto, stoppable by a CancelToken
 
 from workbench.errors import DataError, ParameterError
 

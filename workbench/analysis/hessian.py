@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from workbench.cancel import tqdm  # tqdm.auto, stoppable by a CancelToken
 
 from workbench.analysis.directions import parameter_masks, unwrap
 from workbench.analysis.grid import check_data

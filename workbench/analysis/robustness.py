@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from workbench.cancel import tqdm  # tqdm.auto, stoppable by a CancelToken
 
 from workbench.corruptions import CORRUPTIONS, corruption_names
 from workbench.corruptions.base import check_images, check_seed, check_severity

@@ -9,6 +9,13 @@ before is answered from the cache at once. A failing job shows its error in the 
 (``error``) and the other jobs still run. Results are stored in ``results`` (job name → result),
 and the subclass derives its figures from them.
 
+**Cancel** (shown while a run is in progress) sets the run's
+:class:`~workbench.cancel.CancelToken`: the analysis stops at its next progress step (every job
+runs under :func:`workbench.cancel.on_step`), the panel says so in ``status`` (not as an error)
+and keeps the results of the previous run. Jobs that finished before the cancel stay cached.
+A ``KeyboardInterrupt`` (Ctrl-C in a notebook during :meth:`~AnalysisPanel.run_now`) leaves the
+panel idle the same way and is re-raised.
+
 Examples
 --------
 >>> import workbench
@@ -40,6 +47,7 @@ from typing import Callable
 import panel as pn
 import param
 
+from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
 from workbench.panels.compress import error_message
 from workbench.panels.state import SessionState
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 #: Results kept per panel (least recently used dropped first).
 MAX_CACHE = 64
 CONTROLS_WIDTH = 320
+CANCELLED = "Cancelled: the previous results are kept."
+INTERRUPTED = "Interrupted: the previous results are kept."
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class AnalysisPanel(pn.viewable.Viewer):
     variants = param.ListSelector(default=[], objects=[], label="Variants",
                                   doc="The variants to analyse.")
     run = param.Event(label="Run")
+    cancel = param.Event(label="Cancel", doc="Stop the run in progress at its next step.")
 
     results = param.Dict(default={}, doc="Job name → result of the last run.")
     busy = param.Boolean(default=False, doc="A run is in progress.")
@@ -104,7 +115,10 @@ class AnalysisPanel(pn.viewable.Viewer):
             raise ParameterError(f"{type(self).__name__} needs a SessionState (state=...)")
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._token: CancelToken | None = None
         self.cache_hits = 0
+        #: Units of progress (grid points, eigenvalues, corruptions…) done by the current or last run.
+        self.steps_run = 0
         self._sync_variants()
 
     @classmethod
@@ -123,6 +137,14 @@ class AnalysisPanel(pn.viewable.Viewer):
         self.variants = keep
         self._evict()
         self.variants_changed(names)
+
+    @param.depends("state.session", watch=True)
+    def _session_replaced(self):
+        """Another session (a reopened workspace): the old results and cache no longer apply."""
+        self.cancel_run()
+        with self._lock:
+            self._cache.clear()
+        self.param.update(results={}, status="", error="", progress=0)
 
     def variants_changed(self, names: list[str]) -> None:
         """Hook: the session's variant names changed (refresh variant-valued selectors)."""
@@ -156,12 +178,18 @@ class AnalysisPanel(pn.viewable.Viewer):
         raise NotImplementedError
 
     # --- running ----------------------------------------------------------------------------------
-    def _execute(self, jobs: list[Job], report: Callable) -> tuple[dict, list[str], int]:
-        """Run ``jobs`` (in any thread); ``(results, errors, cached)``."""
+    def _execute(self, jobs: list[Job], report: Callable,
+                 token: CancelToken | None = None) -> tuple[dict, list[str], int]:
+        """Run ``jobs`` (in any thread); ``(results, errors, cached)``.
+
+        Raises :class:`~workbench.cancel.Cancelled` at the first step after ``token`` is set.
+        """
+        token = token or CancelToken()
         done: dict = {}
         errors: list[str] = []
         cached = 0
         for i, job in enumerate(jobs):
+            token.check()
             report(i, len(jobs), job.label)
             if any(n not in done for n in job.needs):
                 continue
@@ -174,7 +202,11 @@ class AnalysisPanel(pn.viewable.Viewer):
                 cached += 1
                 continue
             try:
-                result = job.fn(done)
+                with on_step(self._count_step), on_step(token.check):
+                    result = job.fn(done)
+                token.check()  # a job that swallowed the Cancelled of one of its steps
+            except Cancelled:
+                raise
             except Exception as err:  # noqa: BLE001  shown in the panel, never raised into the UI
                 errors.append(f"{job.label}: {error_message(err)}")
                 continue
@@ -186,6 +218,31 @@ class AnalysisPanel(pn.viewable.Viewer):
                     self._cache.popitem(last=False)
         report(len(jobs), len(jobs), "")
         return done, errors, cached
+
+    def _count_step(self, n: int) -> None:
+        self.steps_run += int(n)
+
+    def _begin(self) -> CancelToken:
+        self._token = token = CancelToken()
+        self.steps_run = 0
+        return token
+
+    def cancel_run(self) -> bool:
+        """Ask the run in progress to stop (what the Cancel button does); False if idle."""
+        token = self._token
+        if not self.busy or token is None or token.cancelled:
+            return False
+        token.cancel()
+        self.status = "Cancelling…"
+        return True
+
+    @param.depends("cancel", watch=True)
+    def _on_cancel(self):
+        self.cancel_run()
+
+    def _stopped(self, status: str) -> dict:
+        self.param.update(status=status, error="", progress=0)
+        return self.results
 
     def _plan(self) -> list[Job] | None:
         try:
@@ -211,10 +268,16 @@ class AnalysisPanel(pn.viewable.Viewer):
         jobs = self._plan()
         if jobs is None:
             return self.results
+        token = self._begin()
         self.param.update(busy=True, progress=0, error="")
         start = time.perf_counter()
         try:
-            results, errors, cached = self._execute(jobs, self._report)
+            results, errors, cached = self._execute(jobs, self._report, token)
+        except Cancelled:
+            return self._stopped(CANCELLED)
+        except KeyboardInterrupt:
+            self._stopped(INTERRUPTED)
+            raise
         finally:
             self.busy = False
         return self._finish(jobs, results, errors, cached, time.perf_counter() - start)
@@ -226,6 +289,7 @@ class AnalysisPanel(pn.viewable.Viewer):
         jobs = self._plan()
         if jobs is None:
             return None
+        token = self._begin()
         self.param.update(busy=True, progress=0, error="", status="Starting…")
         loop = asyncio.get_running_loop()
 
@@ -235,7 +299,10 @@ class AnalysisPanel(pn.viewable.Viewer):
         start = time.perf_counter()
         try:
             results, errors, cached = await loop.run_in_executor(
-                None, partial(self._execute, jobs, report))
+                None, partial(self._execute, jobs, report, token))
+        except Cancelled:
+            self._stopped(CANCELLED)
+            return None
         except Exception as err:  # noqa: BLE001  (a bug in the machinery, still shown)
             self.param.update(error=f"- {error_message(err)}", status="")
             return None
@@ -244,6 +311,8 @@ class AnalysisPanel(pn.viewable.Viewer):
         return self._finish(jobs, results, errors, cached, time.perf_counter() - start)
 
     def _report(self, done: int, total: int, label: str) -> None:
+        if self._token is not None and self._token.cancelled:
+            return  # keep "Cancelling…" until the run has stopped
         pct = round(100 * done / total) if total else 100
         self.param.update(progress=pct, status=f"{label} ({done + 1}/{total})…" if label else "")
 
@@ -283,8 +352,10 @@ class AnalysisPanel(pn.viewable.Viewer):
             pn.pane.Markdown(f"### {self.title}", margin=(0, 10)),
             w.MultiChoice.from_param(self.param.variants, sizing_mode="stretch_width"),
             *self.controls(),
-            w.Button.from_param(self.param.run, color="primary", loading=self.param.busy,
-                                css_classes=["wb-run"]),
+            pn.Row(w.Button.from_param(self.param.run, color="primary", loading=self.param.busy,
+                                       css_classes=["wb-run"]),
+                   w.Button.from_param(self.param.cancel, color="warning", visible=self.param.busy,
+                                       css_classes=["wb-cancel"])),
             pn.indicators.Progress(value=self._progress_value, max=100, active=self.param.busy,
                                    visible=self.param.busy, sizing_mode="stretch_width",
                                    height=12, css_classes=["wb-progress"]),

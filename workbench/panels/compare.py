@@ -13,6 +13,8 @@ Examples
 >>> panel.param.trigger("run_sweep")
 >>> panel.sweep_result.sparsities.tolist()
 [0.0, 0.475, 0.95]
+
+**Cancel** (shown while a sweep runs) stops it after the current point; the previous curve stays.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import param
 from bokeh.models.widgets.tables import NumberFormatter
 
 import workbench
+from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
 from workbench.panels.compress import error_message
 from workbench.panels.state import SessionState
@@ -48,11 +51,14 @@ class ComparePanel(pn.viewable.Viewer):
     sweep_max = param.Number(default=0.95, bounds=(0.05, 0.99), step=0.01,
                              label="Highest sparsity")
     run_sweep = param.Event(label="Sweep")
+    cancel_sweep = param.Event(label="Cancel",
+                               doc="Stop the sweep in progress after its current point.")
 
     sweep_result = param.ClassSelector(class_=Sweep, default=None, allow_None=True)
     sweep_progress = param.Integer(default=0, bounds=(0, 100))
     sweeping = param.Boolean(default=False)
     error = param.String(default="")
+    message = param.String(default="", doc="How the last sweep ended, when not by finishing.")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -64,6 +70,9 @@ class ComparePanel(pn.viewable.Viewer):
             cheap = [m for m in names if previewable("prune", m)]
             self.sweep_methods = [m for m in DEFAULT_SWEEP if m in names] or cheap[:3]
         self._sweeps: dict = {}
+        self._token: CancelToken | None = None
+        #: Grid points evaluated by the current or last sweep.
+        self.points_run = 0
 
     # --- derivations ---------------------------------------------------------------------------
     @param.depends("state.revision")
@@ -132,17 +141,28 @@ class ComparePanel(pn.viewable.Viewer):
             return None
         key = self._sweep_key()
         if key in self._sweeps:
-            self.param.update(sweep_result=self._sweeps[key], sweep_progress=100, error="")
+            self.param.update(sweep_result=self._sweeps[key], sweep_progress=100, error="",
+                              message="")
             return self.sweep_result
-        self.param.update(sweeping=True, sweep_progress=0, error="")
+        self._token = token = CancelToken()
+        self.points_run = 0
+        self.param.update(sweeping=True, sweep_progress=0, error="", message="")
         loop = asyncio.get_running_loop()
 
         def progress(done, total):
+            self.points_run = done
             loop.call_soon_threadsafe(self._set_progress, round(100 * done / total))
+
+        def work(session, methods, grid):
+            with on_step(token.check):  # methods that train also stop between their steps
+                return sweep(session, methods, grid, callback=token.callback(progress))
 
         try:
             result = await loop.run_in_executor(None, partial(
-                sweep, self.state.session, self.sweep_methods, self.grid(), callback=progress))
+                work, self.state.session, list(self.sweep_methods), self.grid()))
+        except Cancelled:
+            self.message = "Sweep cancelled: the previous curve is kept."
+            return None
         except Exception as err:  # noqa: BLE001  shown in the panel
             self.error = error_message(err)
             return None
@@ -155,6 +175,25 @@ class ComparePanel(pn.viewable.Viewer):
     def _set_progress(self, value: int) -> None:
         if self.sweeping:
             self.sweep_progress = value
+
+    @param.depends("cancel_sweep", watch=True)
+    def cancel(self) -> bool:
+        """Stop the sweep in progress after its current point; False if none runs."""
+        if not self.sweeping or self._token is None or self._token.cancelled:
+            return False
+        self._token.cancel()
+        self.message = "Cancelling…"
+        return True
+
+    @param.depends("state.session", watch=True)
+    def _session_replaced(self):
+        """Another session (a reopened workspace): the sweeps of the old base do not apply."""
+        self.cancel()
+        self.param.update(sweep_result=None, error="", message="")
+
+    @param.depends("message")
+    def _has_message(self) -> bool:
+        return bool(self.message)
 
     @param.depends("error")
     def _has_error(self) -> bool:
@@ -178,14 +217,17 @@ class ComparePanel(pn.viewable.Viewer):
             w.MultiChoice.from_param(self.param.sweep_methods),
             w.IntSlider.from_param(self.param.sweep_points),
             w.FloatSlider.from_param(self.param.sweep_max),
-            w.Button.from_param(self.param.run_sweep, color="primary",
-                                loading=self.param.sweeping, css_classes=["wb-sweep"]),
+            pn.Row(w.Button.from_param(self.param.run_sweep, color="primary",
+                                       loading=self.param.sweeping, css_classes=["wb-sweep"]),
+                   w.Button.from_param(self.param.cancel_sweep, color="warning",
+                                       visible=self.param.sweeping, css_classes=["wb-cancel"])),
             pn.indicators.Progress(value=self.param.sweep_progress, max=100,
                                    visible=self.param.sweeping, sizing_mode="stretch_width",
                                    height=12),
             pn.pane.Alert(self._slow_note, alert_type="warning",
                           visible=self._has_slow_note),
             pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error),
+            pn.pane.Alert(self.param.message, alert_type="info", visible=self._has_message),
             width=320)
         sweeps = pn.Column(
             pn.pane.Markdown("### Accuracy vs sparsity"),

@@ -5,7 +5,9 @@ a repeat count, press Run: :func:`workbench.backend.benchmark` times every pair 
 (one variant at a time, its engines interleaved) with a progress bar. Results are cached by
 (variant, engine, settings), so adding a variant only times the new one. The view shows the
 accuracy-vs-latency Pareto scatter, the per-layer time of one variant on one engine, which
-kernel each layer ran on, and the table (CSV download). Errors show in an Alert.
+kernel each layer ran on, and the table (CSV download). Errors show in an Alert. **Cancel**
+(shown while timing) stops before the next variant (variants timed so far stay cached) and keeps
+the previous result.
 
 Examples
 --------
@@ -33,6 +35,7 @@ import param
 from workbench.backend import ENGINES, BenchmarkResult, benchmark, compile_variant
 from workbench.backend.benchmark import _batch
 from workbench.backend.layer_timing import layer_times
+from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
 from workbench.panels.compress import error_message
 from workbench.panels.state import SessionState
@@ -53,6 +56,7 @@ class SpeedPanel(pn.viewable.Viewer):
                             doc="CPU threads (empty: torch's current setting).")
     engine_options = param.Dict(default={}, doc="Engine name → extra compile options.")
     run = param.Event(label="Run")
+    cancel = param.Event(label="Cancel", doc="Stop before the next variant.")
 
     result = param.ClassSelector(class_=BenchmarkResult, default=None, allow_None=True,
                                  doc="The rows of the selected variants × engines.")
@@ -64,12 +68,14 @@ class SpeedPanel(pn.viewable.Viewer):
     progress = param.Integer(default=0, bounds=(0, 100))
     busy = param.Boolean(default=False)
     error = param.String(default="", doc="Errors of the last run ('' if none).")
+    status = param.String(default="", doc="How the last run ended, when not by finishing.")
 
     def __init__(self, **params):
         super().__init__(**params)
         if self.state is None:
             raise ParameterError("SpeedPanel needs a SessionState (state=...)")
         self._cache: dict = {}
+        self._token: CancelToken | None = None
         names = list(ENGINES.names())
         self.param.engines.objects = names
         if not self.engines:
@@ -85,6 +91,13 @@ class SpeedPanel(pn.viewable.Viewer):
         keep = [n for n in self.variants if n in names]
         self.param.variants.objects = names
         self.variants = keep
+
+    @param.depends("state.session", watch=True)
+    def _session_replaced(self):
+        """Another session (a reopened workspace): forget the timings of the old one."""
+        self.cancel_run()
+        self._cache.clear()
+        self.param.update(result=None, layer_report=None, detail_note="", error="", status="")
 
     # --- compute -----------------------------------------------------------------------------
     def _settings(self) -> tuple:
@@ -103,11 +116,14 @@ class SpeedPanel(pn.viewable.Viewer):
                 todo[v] = engines
         return todo
 
-    def _measure(self, name: str, engines: list[str]) -> None:
+    def _measure(self, name: str, engines: list[str], token: CancelToken | None = None) -> None:
         """Benchmark one variant on ``engines`` (its engines interleaved) into the cache."""
-        r = benchmark(self.state.session[name], engines, batch_sizes=(self.batch_size,),
-                      repeats=self.repeats, warmup=1, threads=self.threads, progress=False,
-                      engine_options=self.engine_options)
+        token = token or CancelToken()
+        token.check()
+        with on_step(token.check):
+            r = benchmark(self.state.session[name], engines, batch_sizes=(self.batch_size,),
+                          repeats=self.repeats, warmup=1, threads=self.threads,
+                          progress=False, engine_options=self.engine_options)
         for row in r.rows:
             self._cache[self._key(name, row.engine)] = row
 
@@ -122,8 +138,21 @@ class SpeedPanel(pn.viewable.Viewer):
         if not self.variants or not self.engines:
             self.error = "Pick at least one variant and one engine."
             return False
-        self.param.update(error="", progress=0)
+        self._token = CancelToken()
+        self.param.update(error="", status="", progress=0)
         return True
+
+    @param.depends("cancel", watch=True)
+    def cancel_run(self) -> bool:
+        """Stop the run in progress before its next variant; False if none runs."""
+        if not self.busy or self._token is None or self._token.cancelled:
+            return False
+        self._token.cancel()
+        self.status = "Cancelling after the current variant…"
+        return True
+
+    def _cancelled(self) -> None:
+        self.param.update(status="Cancelled: the previous result is kept.", progress=0)
 
     def _finish(self) -> BenchmarkResult:
         result = self._collect()
@@ -136,27 +165,38 @@ class SpeedPanel(pn.viewable.Viewer):
         """Benchmark what is selected and not cached yet (blocking); ``None`` on failure."""
         if not self._start():
             return None
+        token = self._token
+        self.busy = True
         try:
             todo = self._missing()
             for i, (name, engines) in enumerate(todo.items()):
-                self._measure(name, engines)
+                self._measure(name, engines, token)
                 self.progress = int(100 * (i + 1) / len(todo))
+        except Cancelled:
+            self._cancelled()
+            return None
         except Exception as err:  # noqa: BLE001  shown in the panel
             self.error = error_message(err)
             return None
+        finally:
+            self.busy = False
         return self._finish()
 
     async def run_async(self) -> BenchmarkResult | None:
         """As :meth:`run_now`, each variant timed in a worker thread (the UI stays live)."""
         if self.busy or not self._start():
             return None
+        token = self._token
         self.busy = True
         try:
             loop = asyncio.get_running_loop()
             todo = self._missing()
             for i, (name, engines) in enumerate(todo.items()):
-                await loop.run_in_executor(None, partial(self._measure, name, engines))
+                await loop.run_in_executor(None, partial(self._measure, name, engines, token))
                 self.progress = int(100 * (i + 1) / len(todo))
+        except Cancelled:
+            self._cancelled()
+            return None
         except Exception as err:  # noqa: BLE001
             self.error = error_message(err)
             return None
@@ -247,10 +287,13 @@ class SpeedPanel(pn.viewable.Viewer):
             w.MultiChoice.from_param(self.param.engines, css_classes=["wb-speed-engines"]),
             w.IntInput.from_param(self.param.batch_size),
             w.IntInput.from_param(self.param.repeats),
-            w.Button.from_param(self.param.run, color="primary", loading=self.param.busy,
-                                css_classes=["wb-speed-run"]),
+            pn.Row(w.Button.from_param(self.param.run, color="primary", loading=self.param.busy,
+                                       css_classes=["wb-speed-run"]),
+                   w.Button.from_param(self.param.cancel, color="warning", visible=self.param.busy,
+                                       css_classes=["wb-cancel"])),
             pn.indicators.Progress(value=self.param.progress, max=100, visible=self.param.busy,
                                    sizing_mode="stretch_width", height=12),
+            pn.pane.Markdown(self.param.status, css_classes=["wb-status"]),
             pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error,
                           css_classes=["wb-error"]),
             width=340,
