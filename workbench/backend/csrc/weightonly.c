@@ -1,0 +1,353 @@
+/* Weight-only low-bit kernels: fp32 activations times packed int8 / int4 / int2 / int1 codes,
+ * de-quantized on the fly (no activation rounding, so the result is the variant's fake-quant
+ * layer up to fp32 summation order).
+ *
+ * Dense packed layout (wb_wq_gemm): outputs in blocks of 32 (two halves of 16 lanes), inputs in
+ * loads of G = 8 / bits consecutive inputs; per (block, load, half) 16 bytes, byte j holding
+ * output j's G codes as two's complement fields (input l*G + g in bits [g*bits, (g+1)*bits)).
+ * Order [block][load][half][16 bytes]. Decoding is a zero-extend plus a shift pair (sign
+ * extension of the field), then a convert; 8-bit codes are sign-extended directly.
+ *
+ *   y[n, o] = sw[o] * (sum_k d[o, k] * x[n, k] - zw[o] * xsum[n]) + bias[o]
+ *
+ * d are the signed codes, zw a float zero point (0 for symmetric codes; binary codes store the
+ * bit b = (d < 0) as a 1-bit field, decoded to -b, with sw doubled and zw = -1/2). x arrives as
+ * (N, K) rows (Linear inputs or im2col rows); y is written as y[b*O*L + o*L + l] for n = b*L + l.
+ *
+ * Sparse layout (wb_wq_sparse): for weights that are also pruned, only the surviving signed
+ * codes are stored, row by row (rows padded to an even count), 8 bits each or 4 bits (two per
+ * byte, low nibble first), with a one-byte column index local to a chunk of 256 inputs and a
+ * per (row, chunk) count (uint16; a chunk-row holds up to 256 codes) plus an int32 row start.
+ */
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "pool.h"
+
+#define WQ_CHUNK 256
+#define WQ_PARALLEL_MACS 200000
+
+typedef struct {
+    const uint8_t *w;
+    const float *sw, *zw, *bias, *x, *xsum;
+    float *y;
+    int64_t N, L, O, K, nloads;
+    int bits, relu;
+} wq_job;
+
+static inline void wq_store(const wq_job *q, int64_t n, int64_t o, float acc) {
+    float v = q->sw[o] * (acc - (q->xsum ? q->zw[o] * q->xsum[n] : 0.0f)) + q->bias[o];
+    if (q->relu && v < 0.0f) v = 0.0f;
+    q->y[(n / q->L) * q->O * q->L + o * q->L + (n % q->L)] = v;
+}
+
+#if defined(__AVX512F__)
+/* Float value of every bits-wide two's complement field, indexed by the low 4 bits of a lane
+ * (vpermps reads only those): the field at bit 0 of a lane converts in one permute. */
+static inline __m512 wq_table(int bits) {
+    float t[16];
+    for (int i = 0; i < 16; i++) {
+        int f = i & ((1 << bits) - 1);
+        t[i] = (float)(f >= (1 << (bits - 1)) ? f - (1 << bits) : f);
+    }
+    return _mm512_loadu_ps(t);
+}
+
+#define WQ_BODY(L_, S_)                                                                        \
+        {                                                                                      \
+            const int64_t l_ = (L_);                                                           \
+            const __m128i *p = (const __m128i *)(w + l_ * 32);                                 \
+            __m512i v0, v1;                                                                    \
+            if (WB_BITS == 8) {                                                                   \
+                v0 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p));                                 \
+                v1 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1));                             \
+            } else {                                                                           \
+                v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p));                                 \
+                v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p + 1));                             \
+            }                                                                                  \
+            for (int g = 0; g < G; g++) {                                                      \
+                const int64_t k = l_ * G + g;                                                  \
+                if (l_ >= full && k >= K) break;                                               \
+                __m512 w0, w1;                                                                 \
+                if (WB_BITS == 8) {                                                               \
+                    w0 = _mm512_cvtepi32_ps(v0);                                               \
+                    w1 = _mm512_cvtepi32_ps(v1);                                               \
+                } else {                                                                       \
+                    w0 = _mm512_permutexvar_ps(g ? _mm512_srli_epi32(v0, g * WB_BITS) : v0, table); \
+                    w1 = _mm512_permutexvar_ps(g ? _mm512_srli_epi32(v1, g * WB_BITS) : v1, table); \
+                }                                                                              \
+                for (int r = 0; r < WB_NR; r++) {                                                 \
+                    __m512 xb = _mm512_set1_ps(x0[r * K + k]);                                 \
+                    acc[S_][r][0] = _mm512_fmadd_ps(xb, w0, acc[S_][r][0]);                    \
+                    acc[S_][r][1] = _mm512_fmadd_ps(xb, w1, acc[S_][r][1]);                    \
+                }                                                                              \
+            }                                                                                  \
+        }
+
+/* NR rows x 32 outputs of block ob; the x values of input k of row r are x[(n0 + r) * K + k].
+ * With 1 or 2 rows, 4 or 2 accumulator sets (by input) hide the FMA latency. */
+#define WQ_MK(NR, BITS)                                                                        \
+    static __attribute__((noinline)) void wq_mk_##NR##_##BITS(const wq_job *q, int64_t n0,    \
+                                                              int64_t ob) {                   \
+        enum { G = 8 / BITS, SETS = NR == 1 ? 4 : (NR == 2 ? 2 : 1), WB_BITS = BITS, WB_NR = NR };            \
+        __m512 acc[SETS][NR][2];                                                               \
+        for (int s = 0; s < SETS; s++)                                                         \
+            for (int r = 0; r < NR; r++) acc[s][r][0] = acc[s][r][1] = _mm512_setzero_ps();    \
+        const int64_t K = q->K, nl = q->nloads, full = K / G;                                  \
+        const uint8_t *w = q->w + ob * nl * 32;                                                \
+        const float *x0 = q->x + n0 * K;                                                       \
+        const __m512 table = wq_table(BITS);                                                   \
+        (void)table;                                                                           \
+        int64_t l = 0;                                                                         \
+        for (; l + SETS <= nl; l += SETS)                                                      \
+            for (int u = 0; u < SETS; u++) WQ_BODY(l + u, u)                                   \
+        for (; l < nl; l++) WQ_BODY(l, 0)                                                      \
+        float out[32] __attribute__((aligned(64)));                                            \
+        for (int r = 0; r < NR; r++) {                                                         \
+            __m512 h0 = acc[0][r][0], h1 = acc[0][r][1];                                       \
+            for (int s = 1; s < SETS; s++) {                                                   \
+                h0 = _mm512_add_ps(h0, acc[s][r][0]);                                          \
+                h1 = _mm512_add_ps(h1, acc[s][r][1]);                                          \
+            }                                                                                  \
+            _mm512_store_ps(out, h0);                                                          \
+            _mm512_store_ps(out + 16, h1);                                                     \
+            for (int j = 0; j < 32 && ob * 32 + j < q->O; j++)                                 \
+                wq_store(q, n0 + r, ob * 32 + j, out[j]);                                      \
+        }                                                                                      \
+    }
+#else
+#define WQ_MK(NR, BITS)                                                                        \
+    static void wq_mk_##NR##_##BITS(const wq_job *q, int64_t n0, int64_t ob) {                \
+        const int G = 8 / BITS;                                                                \
+        const uint8_t *w = q->w + ob * q->nloads * 32;                                         \
+        for (int r = 0; r < NR; r++) {                                                         \
+            const float *xr = q->x + (n0 + r) * q->K;                                          \
+            for (int j = 0; j < 32 && ob * 32 + j < q->O; j++) {                               \
+                float acc = 0.0f;                                                              \
+                for (int64_t k = 0; k < q->K; k++) {                                           \
+                    int64_t l = k / G, g = k % G;                                              \
+                    int32_t b = w[l * 32 + j];                                                 \
+                    int32_t d = BITS == 8 ? (int8_t)b                                          \
+                                          : (int32_t)((uint32_t)b << (32 - (g + 1) * BITS)) >> (32 - BITS); \
+                    acc += (float)d * xr[k];                                                   \
+                }                                                                              \
+                wq_store(q, n0 + r, ob * 32 + j, acc);                                         \
+            }                                                                                  \
+        }                                                                                      \
+    }
+#endif
+
+#define WQ_BITS(B) WQ_MK(8, B) WQ_MK(4, B) WQ_MK(2, B) WQ_MK(1, B)
+WQ_BITS(8)
+WQ_BITS(4)
+WQ_BITS(2)
+WQ_BITS(1)
+
+typedef void (*wq_fn)(const wq_job *, int64_t, int64_t);
+
+static wq_fn wq_pick(int nr, int bits) {
+#define WQ_PICK(B) \
+    if (bits == B) return nr == 8 ? wq_mk_8_##B : (nr == 4 ? wq_mk_4_##B : (nr == 2 ? wq_mk_2_##B : wq_mk_1_##B));
+    WQ_PICK(8) WQ_PICK(4) WQ_PICK(2) WQ_PICK(1)
+#undef WQ_PICK
+    return 0;
+}
+
+/* Job j: output block j / nrb, row block j % nrb (8 rows, then 4, 2, 1 for the remainder). */
+static void wq_task(void *ctx, int64_t j, int64_t e) {
+    const wq_job *q = (const wq_job *)ctx;
+    (void)e;
+    int64_t full = q->N / 8, rest = q->N % 8;
+    int64_t nrb = full + __builtin_popcountll((unsigned long long)rest);
+    int64_t ob = j / nrb, r = j % nrb, start = r * 8, size = 8;
+    if (r >= full) {
+        start = full * 8;
+        size = 0;
+        for (int64_t s = 4, i = full; s >= 1; s /= 2) {
+            if (!(rest & s)) continue;
+            if (i == r) { size = s; break; }
+            start += s;
+            i++;
+        }
+    }
+    wq_pick((int)size, q->bits)(q, start, ob);
+}
+
+/* Per-row sums of x (only needed when a zero point is nonzero). */
+static void row_sums(const float *x, float *xsum, int64_t N, int64_t K) {
+    for (int64_t n = 0; n < N; n++) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; k++) s += x[n * K + k];
+        xsum[n] = s;
+    }
+}
+
+/* Dense packed weight-only GEMM; xsum_work holds N floats (or NULL if every zw is 0). */
+void wb_wq_gemm(const float *x, const uint8_t *w, int bits, const float *sw, const float *zw,
+                const float *bias, float *y, float *xsum_work, int64_t B, int64_t L, int64_t O,
+                int64_t K, int relu, int nthreads) {
+    int64_t N = B * L, G = 8 / bits, OB = (O + 31) / 32;
+    if (xsum_work) row_sums(x, xsum_work, N, K);
+    wq_job q = {w, sw, zw, bias, x, xsum_work, y, N, L, O, K, (K + G - 1) / G, bits, relu};
+    int64_t nrb = N / 8 + __builtin_popcountll((unsigned long long)(N % 8));
+    int par = nthreads > 1 && OB * nrb > 1 && O * K * N > WQ_PARALLEL_MACS;
+    wb_parallel_for(OB * nrb, wq_task, &q, par ? nthreads : 1);
+}
+
+/* --- sparse (pruned and quantized) ---------------------------------------------------------- */
+typedef struct {
+    const int32_t *rowstart;   /* O: first stored code of each row (codes are row-major) */
+    const uint16_t *cnt;       /* (O, nchunks): codes of the row in each chunk of 256 inputs */
+    const uint8_t *idx;        /* column offset in its chunk, one per stored code */
+    const uint8_t *val;        /* codes: int8, or two int4 per byte (low nibble first) */
+    const float *sw, *bias, *x;
+    float *y, *tiles;
+    int64_t N, L, O, K, nchunks, ntiles;
+    int bits, relu;
+} wqs_job;
+
+static inline float wqs_code(const uint8_t *val, int64_t i, int bits) {
+    if (bits == 8) return (float)(int8_t)val[i];
+    int32_t b = val[i >> 1];
+    return (float)((int32_t)((uint32_t)b << (28 - 4 * (i & 1))) >> 28);
+}
+
+static inline void wqs_out(const wqs_job *q, int64_t n, int64_t o, float acc) {
+    float v = q->sw[o] * acc + q->bias[o];
+    if (q->relu && v < 0.0f) v = 0.0f;
+    q->y[(n / q->L) * q->O * q->L + o * q->L + (n % q->L)] = v;
+}
+
+/* Few rows: gather x per stored code, 16 codes at a time. Job = a block of 16 outputs. The
+ * packed 4-bit codes are read 16 bytes at a time (the caller pads them by 16 bytes). */
+static void wqs_gather_task(void *ctx, int64_t j, int64_t e) {
+    const wqs_job *q = (const wqs_job *)ctx;
+    (void)e;
+    const int64_t N = q->N, K = q->K;
+#if defined(__AVX512F__)
+    const __m512 table = wq_table(4);
+    const __m512i perm[2] = {_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+                             _mm512_setr_epi32(0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8)};
+    const __m512i shift[2] = {_mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4),
+                              _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0)};
+#endif
+    for (int64_t o = j * 16; o < j * 16 + 16 && o < q->O; o++) {
+        float acc[4] = {0};
+        int64_t i = q->rowstart[o];
+#if defined(__AVX512F__)
+        __m512 va[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                        _mm512_setzero_ps()};
+#endif
+        for (int64_t c = 0; c < q->nchunks; c++) {
+            const float *xc = q->x + c * WQ_CHUNK;
+            const int64_t end = i + q->cnt[o * q->nchunks + c];
+#if defined(__AVX512F__)
+            for (; i < end; i += 16) {
+                const __mmask16 m = end - i >= 16 ? 0xFFFF : (__mmask16)((1u << (end - i)) - 1);
+                const __m512i col = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, q->idx + i));
+                __m512 v;
+                if (q->bits == 8) {
+                    v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, q->val + i)));
+                } else {
+                    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q->val + (i >> 1))));
+                    b = _mm512_srlv_epi32(_mm512_permutexvar_epi32(perm[i & 1], b), shift[i & 1]);
+                    v = _mm512_maskz_permutexvar_ps(m, b, table);
+                }
+                for (int64_t n = 0; n < N; n++) {
+                    __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, col, xc + n * K, 4);
+                    va[n] = _mm512_fmadd_ps(v, xv, va[n]);
+                }
+            }
+            i = end;
+#else
+            for (; i < end; i++) {
+                float v = wqs_code(q->val, i, q->bits);
+                for (int64_t n = 0; n < N; n++) acc[n] += v * xc[n * K + q->idx[i]];
+            }
+#endif
+        }
+#if defined(__AVX512F__)
+        for (int64_t n = 0; n < N; n++) acc[n] = _mm512_reduce_add_ps(va[n]);
+#endif
+        for (int64_t n = 0; n < N; n++) wqs_out(q, n, o, acc[n]);
+    }
+}
+
+/* Many rows: inputs transposed into tiles of 16 rows ([tile][k][16]); job = (tile, 16 outputs). */
+static void wqs_tile_task(void *ctx, int64_t j, int64_t e) {
+    const wqs_job *q = (const wqs_job *)ctx;
+    (void)e;
+    int64_t ob = (q->O + 15) / 16, t = j / ob, o0 = (j % ob) * 16;
+    const float *tile = q->tiles + t * q->K * 16;
+    for (int64_t o = o0; o < o0 + 16 && o < q->O; o++) {
+#if defined(__AVX512F__)
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+#else
+        float a[16] = {0};
+#endif
+        int64_t i = q->rowstart[o];
+        for (int64_t c = 0; c < q->nchunks; c++) {
+            const float *tc = tile + c * WQ_CHUNK * 16;
+            int64_t end = i + q->cnt[o * q->nchunks + c];
+#if defined(__AVX512F__)
+            for (; i + 1 < end; i += 2) {  /* two accumulators hide the FMA latency */
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(wqs_code(q->val, i, q->bits)),
+                                     _mm512_load_ps(tc + q->idx[i] * 16), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(wqs_code(q->val, i + 1, q->bits)),
+                                     _mm512_load_ps(tc + q->idx[i + 1] * 16), a1);
+            }
+            if (i < end) {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(wqs_code(q->val, i, q->bits)),
+                                     _mm512_load_ps(tc + q->idx[i] * 16), a0);
+                i++;
+            }
+#else
+            for (; i < end; i++) {
+                float v = wqs_code(q->val, i, q->bits);
+                for (int r = 0; r < 16; r++) a[r] += v * tc[q->idx[i] * 16 + r];
+            }
+#endif
+        }
+        float out[16] __attribute__((aligned(64)));
+#if defined(__AVX512F__)
+        _mm512_store_ps(out, _mm512_add_ps(a0, a1));
+#else
+        memcpy(out, a, sizeof out);
+#endif
+        for (int r = 0; r < 16 && t * 16 + r < q->N; r++) wqs_out(q, t * 16 + r, o, out[r]);
+    }
+}
+
+static void wqs_pack_task(void *ctx, int64_t t, int64_t e) {
+    const wqs_job *q = (const wqs_job *)ctx;
+    (void)e;
+    float *tile = q->tiles + t * q->K * 16;
+    for (int64_t k = 0; k < q->K; k++)
+        for (int r = 0; r < 16; r++) {
+            int64_t n = t * 16 + r;
+            tile[k * 16 + r] = n < q->N ? q->x[n * q->K + k] : 0.0f;
+        }
+}
+
+/* Floats of workspace wb_wq_sparse needs (64-byte aligned tiles). */
+int64_t wb_wq_sparse_work(int64_t N, int64_t K) { return ((N + 15) / 16) * K * 16 + 16; }
+
+void wb_wq_sparse(const int32_t *rowstart, const uint16_t *cnt, const uint8_t *idx,
+                  const uint8_t *val, int bits, const float *sw, const float *bias,
+                  const float *x, float *y, float *work, int64_t B, int64_t L, int64_t O,
+                  int64_t K, int64_t nnz, int relu, int nthreads) {
+    int64_t N = B * L, nchunks = (K + WQ_CHUNK - 1) / WQ_CHUNK, ntiles = (N + 15) / 16;
+    float *tiles = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    wqs_job q = {rowstart, cnt, idx, val, sw, bias, x, y, tiles, N, L, O, K, nchunks, ntiles,
+                 bits, relu};
+    int par = nthreads > 1 && nnz * N > WQ_PARALLEL_MACS;
+    if (N <= 4) {
+        wb_parallel_for((O + 15) / 16, wqs_gather_task, &q, par ? nthreads : 1);
+        return;
+    }
+    wb_parallel_for(ntiles, wqs_pack_task, &q, par ? nthreads : 1);
+    wb_parallel_for(ntiles * ((O + 15) / 16), wqs_tile_task, &q, par ? nthreads : 1);
+}
