@@ -436,10 +436,10 @@ class SampleView(pn.viewable.Viewer):
         w = pn.widgets
         return pn.Column(
             pn.pane.Markdown("### Sample view", margin=(0, 10)),
-            pn.Row(w.IntInput.from_param(self.selection.param.index, name="Sample index",
-                                         width=140),
-                   w.MultiChoice.from_param(self.param.variants, width=420),
-                   w.Checkbox.from_param(self.param.compute, margin=(28, 10))),
+            pn.FlexBox(w.IntInput.from_param(self.selection.param.index, name="Sample index",
+                                             width=140),
+                       w.MultiChoice.from_param(self.param.variants, width=260),
+                       w.Checkbox.from_param(self.param.compute, margin=(28, 10))),
             pn.pane.Alert(self.error, alert_type="danger", visible=self._has_error),
             pn.pane.Markdown(self.header),
             pn.pane.DataFrame(self.table, index=False, float_format="{:.3f}".format,
