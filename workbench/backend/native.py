@@ -39,8 +39,8 @@ SIGNATURES = {
     "wb_tile_width": (_I, [_L]),
     "wb_work_floats": (_L, [_L, _L, _L]),
     "wb_csr_spmm": (None, [_P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I]),
-    "wb_nm_spmm": (None, [_P, _P, _I, _I, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I]),
-    "wb_nm24_gemm": (None, [_P, _P, _P, _P, _P, _L, _L, _L, _I, _I]),
+    "wb_bitmask_spmm": (None, [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I,
+                               _I]),
     "wb_im2col": (None, [_P, _P, _L, _L, _L, _L, _I, _I, _I, _I, _I, _I, _I, _I, _L, _L, _I, _I]),
     "wb_has_vnni": (_I, []),
     "wb_quantize_columns": (None, [_P, _P, _P, _P, _P, _L, _L, _L, _L, ctypes.c_float, _I, _I]),
@@ -125,8 +125,8 @@ def load_kernels():
     Examples
     --------
     >>> lib = load_kernels()
-    >>> lib.wb_tile_width(100)  # columns per packed tile
-    16
+    >>> lib.wb_tile_width(100)  # columns per packed tile (in the SIMD lanes)
+    64
     """
     global _lib, _error
     with _lock:

@@ -54,6 +54,8 @@ def nm_pattern(weight2d: torch.Tensor, ms=(4, 8)) -> tuple[int, int] | None:
 
 CHUNK = 255  # columns per block of the blocked CSR: one-byte column offsets and row counts
 ROWS = 32  # rows per entry of the block start table
+BLOCK = 64  # columns per mask of the bitmask formats
+FORMATS = ("csr", "bitmask", "bitmask-2level")
 
 
 def to_csr(weight2d: torch.Tensor):
@@ -89,36 +91,80 @@ def to_csr(weight2d: torch.Tensor):
             values)
 
 
-def to_nm(weight2d: torch.Tensor, n: int, m: int):
-    """``(values (O, K/m·n) float32, positions uint8)``: each group's ≤ n weights, padded with
-    zero-valued entries at the group's first positions."""
+def to_bitmask(weight2d: torch.Tensor, two_level: bool = False) -> dict:
+    """Bitmask format of ``wb_bitmask_spmm``: per row and block of 64 columns the mask of its
+    nonzeros, plus the nonzero values packed row by row (``rowptr`` int32 row starts).
+
+    Flat (``two_level=False``): ``masks`` int64 ``(O, nblocks)``, one bit per weight.
+    Two-level: ``masks`` int16 ``(O, nblocks)`` marks the non-empty groups of 4 columns and
+    ``nibbles`` (uint8, two per byte, low first; ``nptr`` int32 row starts, in nibbles) holds
+    the 4-bit masks of those groups only.
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = torch.zeros(2, 70)
+    >>> w[0, 1], w[0, 66], w[1, 5] = 2.0, 3.0, 1.0
+    >>> f = to_bitmask(w)
+    >>> f["masks"].tolist(), f["rowptr"].tolist(), f["values"][:3].tolist()
+    ([[2, 4], [32, 0]], [0, 2, 3], [2.0, 3.0, 1.0])
+    >>> t = to_bitmask(w, two_level=True)
+    >>> t["masks"].tolist(), t["nibbles"][:2].tolist(), t["nptr"].tolist()
+    ([[1, 1], [2, 0]], [66, 2], [0, 2, 3])
+    """
     out, k = weight2d.shape
-    g = weight2d.reshape(out, k // m, m)
-    # order positions so the nonzeros come first (stable), keep the first n of each group
-    key = (g == 0).to(torch.int8)
-    pos = torch.argsort(key, dim=-1, stable=True)[..., :n]
-    vals = torch.gather(g, -1, pos)
-    return vals.reshape(out, -1).contiguous().float(), pos.to(torch.uint8).reshape(out, -1).contiguous()
+    nb = -(-k // BLOCK)
+    nz = torch.zeros(out, nb * BLOCK, dtype=torch.bool)
+    nz[:, :k] = weight2d != 0
+    values = weight2d[weight2d != 0].float()  # row-major: row, then column
+    values = torch.cat([values, torch.zeros(16)])  # the kernels load 16 values at a time
+    rowptr = torch.cat([torch.zeros(1, dtype=torch.int64), nz.sum(1).cumsum(0)])
+    fmt = {"values": values, "rowptr": rowptr.to(torch.int32).contiguous()}
+    if not two_level:
+        bits = nz.reshape(out, nb, BLOCK).to(torch.int64) << torch.arange(BLOCK)
+        fmt["masks"] = bits.sum(-1).contiguous()  # distinct powers of two: the sum is the OR
+        return fmt
+    groups = nz.reshape(out, nb, BLOCK // 4, 4)
+    nibble = (groups.to(torch.int64) << torch.arange(4)).sum(-1)  # (O, nb, 16) in 0..15
+    used = groups.any(-1)
+    gmask = (used.to(torch.int64) << torch.arange(BLOCK // 4)).sum(-1)
+    fmt["masks"] = torch.from_numpy(gmask.numpy().astype("uint16").view("int16")).contiguous()
+    seq = nibble[used].to(torch.uint8)  # row, block, group order
+    if len(seq) % 2:
+        seq = torch.cat([seq, torch.zeros(1, dtype=torch.uint8)])
+    packed = seq[0::2] | (seq[1::2] << 4)
+    fmt["nibbles"] = torch.cat([packed, torch.zeros(9, dtype=torch.uint8)]).contiguous()
+    nptr = torch.cat([torch.zeros(1, dtype=torch.int64), used.sum((1, 2)).cumsum(0)])
+    fmt["nptr"] = nptr.to(torch.int32).contiguous()
+    return fmt
 
 
-def to_nm24(weight2d: torch.Tensor):
-    """2:4 weights (≤ 2 nonzeros per group of 4 inputs) in the output-vectorised layout of
-    ``wb_nm24_gemm``: ``values [O/16][K/4][2][16]`` float32 and ``positions [O/16][K/4][16]``
-    uint8 (first position in bits 0-1, second in bits 2-3); outputs padded to 16."""
+def format_bytes(weight2d: torch.Tensor) -> dict[str, int]:
+    """Bytes of each unstructured format for this weight (what :class:`SparseLayer` stores).
+
+    ``csr``: 4 + 1 bytes per nonzero, one count byte per (row, 255-column chunk) and an int32
+    per (chunk, 32-row block); ``bitmask``: 4 bytes per nonzero + 1 bit per weight (64-column
+    blocks) + int32 row starts; ``bitmask-2level``: 4 bytes per nonzero + 16 bits per (row,
+    64-column block) + 4 bits per non-empty group of 4 columns + int32 row starts (two).
+    """
     out, k = weight2d.shape
-    vals, pos = to_nm(weight2d, 2, 4)  # (O, K/2)
-    ob = -(-out // 16)
-    v = torch.zeros(ob * 16, k // 2)
-    p = torch.zeros(ob * 16, k // 2, dtype=torch.uint8)
-    v[:out], p[:out] = vals, pos
-    v = v.reshape(ob, 16, k // 4, 2).permute(0, 2, 3, 1).contiguous()
-    p = p.reshape(ob, 16, k // 4, 2).permute(0, 2, 1, 3)
-    packed = (p[..., 0] | (p[..., 1] << 2)).contiguous()
-    return v.reshape(-1), packed.reshape(-1)
+    nz = weight2d != 0
+    nnz = int(nz.sum())
+    nb = -(-k // BLOCK)
+    padded = torch.zeros(out, nb * BLOCK, dtype=torch.bool)
+    padded[:, :k] = nz
+    used = int(padded.reshape(out, nb, BLOCK // 4, 4).any(-1).sum())
+    chunks = -(-k // CHUNK)
+    return {"csr": 5 * nnz + chunks * out + 4 * chunks * -(-out // ROWS),
+            "bitmask": 4 * (nnz + 16) + 8 * out * nb + 4 * (out + 1),
+            "bitmask-2level": 4 * (nnz + 16) + 2 * out * nb + -(-used // 2) + 9
+            + 8 * (out + 1)}
 
 
 class SparseLayer(NativeLayer):
-    """A Linear/Conv2d run by the CSR or N:M kernel (optionally dense below ``min_columns``)."""
+    """A Linear/Conv2d run by the CSR or bitmask kernels (optionally dense below
+    ``min_columns``); ``fmt`` is ``"csr"``, ``"bitmask"``, ``"bitmask-2level"`` or an N:M
+    pattern such as ``"2:4"`` (stored as a flat bitmask)."""
 
     def __init__(self, site: Site, lib, fmt: str, threads: int | None, min_columns: int = 1):
         super().__init__(site.layer, threads)
@@ -129,19 +175,25 @@ class SparseLayer(NativeLayer):
         self.min_columns = min_columns
         self.dense = (w2.clone(), b) if min_columns > 1 else None
         self.work = Workspace()
+        self.nnz = int((w2 != 0).sum())
         if fmt == "csr":
             self.start, self.counts, self.idx, self.values = to_csr(w2)
             self.bytes = 5 * self.values.numel() + self.counts.numel() + 4 * self.start.numel()
-        elif fmt == "2:4":
-            self.rows_layout = True  # vectorised over outputs: (B·L, K) rows in, (B·L, O) out
-            self.values, self.pos = to_nm24(w2)
-            self.bytes = 4 * self.nnz_slots(w2) + self.pos.numel()
+            self.args = (self.start.data_ptr(), self.counts.data_ptr(), self.idx.data_ptr(),
+                         self.values.data_ptr(), self.bias.data_ptr())
+            self.call = lib.wb_csr_spmm
         else:
-            n, m = map(int, fmt.split(":"))
-            self.nm = (n, m)
-            self.values, self.pos = to_nm(w2, n, m)
-            self.bytes = 4 * self.values.numel() + self.pos.numel()
-        self.nnz = int((w2 != 0).sum())
+            two_level = fmt == "bitmask-2level"
+            self.packed = to_bitmask(w2, two_level)
+            self.bytes = sum(t.numel() * t.element_size() for t in self.packed.values())
+            nib = self.packed.get("nibbles")
+            nptr = self.packed.get("nptr")
+            self.args = (int(two_level), self.packed["masks"].data_ptr(),
+                         None if nib is None else nib.data_ptr(),
+                         None if nptr is None else nptr.data_ptr(),
+                         self.packed["rowptr"].data_ptr(), self.packed["values"].data_ptr(),
+                         self.bias.data_ptr())
+            self.call = lib.wb_bitmask_spmm
 
     def _kernel(self, x, y, B, K, L):
         if self.dense is not None and B * L < self.min_columns:
@@ -154,30 +206,9 @@ class SparseLayer(NativeLayer):
                 out.clamp_(min=0)
             y.view_as(out).copy_(out)
             return
-        if self.fmt == "2:4":  # x is (B·L, K) rows; the kernel writes (B·L, O)
-            out = y if L == 1 else torch.empty(B * L, self.out_features)
-            self.lib.wb_nm24_gemm(self.values.data_ptr(), self.pos.data_ptr(),
-                                  self.bias.data_ptr(), x.data_ptr(), out.data_ptr(), B * L, K,
-                                  self.out_features, self.relu, self.nthreads())
-            if L > 1:
-                y.view(B, self.out_features, L).copy_(out.view(B, L, -1).transpose(1, 2))
-            return
         work = self.work.get(self.lib.wb_work_floats(B * L, K, self.out_features))
-        if self.fmt == "csr":
-            self.lib.wb_csr_spmm(self.start.data_ptr(), self.counts.data_ptr(),
-                                 self.idx.data_ptr(), self.values.data_ptr(), self.bias.data_ptr(), x.data_ptr(),
-                                 y.data_ptr(), work.data_ptr(), B, K, L, self.out_features,
-                                 self.relu, self.nthreads())
-        else:
-            n, m = self.nm
-            self.lib.wb_nm_spmm(self.values.data_ptr(), self.pos.data_ptr(), n, m,
-                                self.bias.data_ptr(), x.data_ptr(), y.data_ptr(),
-                                work.data_ptr(), B, K, L, self.out_features, self.relu,
-                                self.nthreads())
-
-    @staticmethod
-    def nnz_slots(w2: torch.Tensor) -> int:
-        return w2.numel() // 2
+        self.call(*self.args, x.data_ptr(), y.data_ptr(), work.data_ptr(), B, K, L,
+                  self.out_features, self.relu, self.nthreads())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, format={self.fmt}, nnz={self.nnz}"
@@ -190,7 +221,8 @@ def _torch_bytes(site: Site) -> int:
 @register_engine("sparse", description="our CSR / N:M sparse kernels (C, OpenMP); dense layers "
                  "stay on torch", tolerance=Tolerance(atol=1e-5, rtol=1e-4))
 def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, threads=None,
-                   max_density: float | None = None, nm: bool = True) -> CompiledModel:
+                   max_density: float | None = None, nm: bool = True,
+                   formats=FORMATS) -> CompiledModel:
     """Compile ``model`` for the sparse kernels.
 
     Parameters
@@ -202,6 +234,9 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
         supported layer onto the kernels (used by the tests).
     nm : bool
         Use the N:M format where the pattern fits.
+    formats : sequence of str
+        The unstructured formats to choose from (a subset of :data:`FORMATS`); each layer gets
+        the one that stores it in the fewest bytes (see :func:`format_bytes`).
 
     Examples
     --------
@@ -216,6 +251,9 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
     """
     if max_density is not None and not 0.0 <= float(max_density) <= 1.0:
         raise ParameterError(f"max_density must lie in [0, 1], got {max_density!r}")
+    formats = tuple(formats) if not isinstance(formats, str) else (formats,)
+    if not formats or any(f not in FORMATS for f in formats):
+        raise ParameterError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
     report = Report("sparse")
     try:
         lib = load_kernels()
@@ -251,19 +289,18 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
         elif density > SMALL_BATCH_DENSITY:
             min_columns = LARGE_BATCH
         pattern = nm_pattern(w2) if nm else None
-        fmt = "csr"
-        if pattern is not None:  # N:M only where it is the smaller format
-            nnz, (n, m) = int((w2 != 0).sum()), pattern
-            csr_bytes = nnz * 5 + len(w2) * -(-w2.shape[1] // CHUNK)
-            if m == 4 and n <= 2:
-                n = 2  # the 2:4 kernel also runs 1:4 (zero second weights)
-            if w2.numel() // m * n * 5 <= csr_bytes:
-                fmt = f"{n}:{m}"
+        if pattern is not None:  # N:M runs as a flat bitmask: 1 bit per weight + values
+            fmt = f"{pattern[0]}:{pattern[1]}"
+            why = f"{fmt} pattern, stored as a bitmask"
+        else:
+            sizes = format_bytes(w2)
+            fmt = min(formats, key=sizes.__getitem__)
+            why = "smallest of " + ", ".join(f"{f} {sizes[f]} B" for f in formats)
         module = SparseLayer(site, lib, fmt, threads, min_columns)
         total["bytes"] += module.bytes
-        note = f"density {density:.3f}" + (f", dense below {min_columns} columns"
-                                           if min_columns > 1 else "")
-        return module, fmt if fmt == "csr" else f"nm-{fmt}", note
+        note = f"density {density:.3f}, {why}" + (f", dense below {min_columns} columns"
+                                                  if min_columns > 1 else "")
+        return module, f"nm-{fmt}" if pattern is not None else fmt, note
 
     compiled, layers = rewrite(model, make)
     report.layers = layers

@@ -1,0 +1,38 @@
+/* Batch-in-lanes tiles shared by the sparse kernels (csr in sparse.c, bitmask.c).
+ *
+ * For N >= 8 columns (batch x output positions) the sparse kernels put the columns in the
+ * SIMD lanes: the input is packed into tiles of BT = 16*NV consecutive columns (NV = 1..4
+ * AVX-512 vectors), tile[k][0..BT), so every nonzero weight w[o,k] costs NV FMAs with a
+ * broadcast weight and no permute or gather: acc[o][0..BT) += w[o,k] * tile[k][0..BT).
+ * A task accumulates a block of rows in a small buffer on its own stack and stores it with
+ * the bias and ReLU (transposed back to (N, O) for Linear, or into (B, O, L) for Conv2d).
+ */
+#ifndef WB_LANES_H
+#define WB_LANES_H
+#include <stdint.h>
+#include <string.h>
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#define LANES 16
+#define MAX_NV 4
+
+typedef float v16f __attribute__((vector_size(64), aligned(64)));
+typedef float v16fu __attribute__((vector_size(64), aligned(4)));
+
+/* Vectors per tile: as many as the columns need, at most 4 (64 columns). */
+ALWAYS_INLINE int lanes_nv(int64_t N) {
+    int64_t nv = (N + LANES - 1) / LANES;
+    return nv > MAX_NV ? MAX_NV : (int)nv;
+}
+
+/* Pack columns [n0 + 16*v, n0 + 16*v + 16) of x (B samples of K x L, column n = b*L + l)
+ * into vector v of tile[k][16*nv] (zero past N). For L == 1 x is (N, K) rows: a 16 x 16 block transpose
+ * through a strided gather; for L > 1 a 16-column piece inside one sample is one load. */
+void wb_lanes_pack(const float *x, float *tile, int64_t n0, int v, int nv, int64_t N,
+                   int64_t K, int64_t L);
+
+/* Store acc[r][16*nv] (rows o0 + r, r < R) + bias, ReLU, into y at columns [n0, ...). */
+void wb_lanes_store(const float *acc, int R, int nv, const float *bias, int relu, float *y,
+                    int64_t o0, int64_t n0, int64_t N, int64_t O, int64_t L);
+
+#endif
