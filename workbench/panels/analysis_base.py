@@ -50,6 +50,7 @@ import param
 from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
 from workbench.panels.compress import error_message
+from workbench.panels.export import with_export
 from workbench.panels.state import SessionState
 from workbench.session import BASE, Session
 
@@ -117,7 +118,7 @@ class AnalysisPanel(pn.viewable.Viewer):
         self._lock = threading.Lock()
         self._token: CancelToken | None = None
         self.cache_hits = 0
-        #: Units of progress (grid points, eigenvalues, corruptions…) done by the current or last run.
+        #: Units of progress (grid points, eigenvalues, corruptions…) of the current or last run.
         self.steps_run = 0
         self._sync_variants()
 
@@ -324,6 +325,17 @@ class AnalysisPanel(pn.viewable.Viewer):
     def outputs(self):
         """The result view (subclasses): a Panel object derived from ``results``."""
         raise NotImplementedError
+
+    def exportable(self, figure, **kwargs) -> pn.Column:
+        """A Plotly pane of ``figure`` (a figure or a reactive method) with its export menu.
+
+        Uses the subclass's ``plotly(figure, **kwargs)`` if it has one (e.g. clicks that select
+        samples); files are named ``<panel>-<method name without _figure>``.
+        """
+        make = getattr(self, "plotly", None) or partial(pn.pane.Plotly)
+        name = getattr(figure, "__name__", "figure").removesuffix("_figure")
+        prefix = type(self).__name__.removesuffix("Panel").lower()
+        return with_export(make(figure, **kwargs), f"{prefix}-{name}")
 
     def controls(self) -> list:
         """The settings widgets (subclasses), shown between the variants and the Run button."""

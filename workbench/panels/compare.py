@@ -33,6 +33,7 @@ import workbench
 from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
 from workbench.panels.compress import error_message
+from workbench.panels.export import plotly_pane
 from workbench.panels.state import SessionState
 from workbench.plots.compare import layer_sparsity_figure, sweep_figure, variants_scatter
 from workbench.preview import previewable
@@ -211,7 +212,8 @@ class ComparePanel(pn.viewable.Viewer):
                                   label="Download CSV", color="light", width=180)
         variants = pn.Column(
             pn.pane.Markdown("### Variants"), table, download,
-            pn.pane.Plotly(self.scatter_figure, height=380, sizing_mode="stretch_width"),
+            plotly_pane(self.scatter_figure, "variants-scatter", height=380,
+                        sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
         sweep_controls = pn.Column(
             w.MultiChoice.from_param(self.param.sweep_methods),
@@ -232,8 +234,8 @@ class ComparePanel(pn.viewable.Viewer):
         sweeps = pn.Column(
             pn.pane.Markdown("### Accuracy vs sparsity"),
             pn.Row(sweep_controls,
-                   pn.Column(pn.pane.Plotly(self.sweep_plot, height=400, visible=self._has_sweep,
-                                            sizing_mode="stretch_width"),
+                   pn.Column(plotly_pane(self.sweep_plot, "accuracy-vs-sparsity", height=400,
+                                         visible=self._has_sweep, sizing_mode="stretch_width"),
                              pn.pane.Markdown(self._sweep_notes),
                              sizing_mode="stretch_width"),
                    sizing_mode="stretch_width"),
@@ -241,7 +243,8 @@ class ComparePanel(pn.viewable.Viewer):
         layers = pn.Column(
             pn.pane.Markdown("### Sparsity per layer"),
             w.MultiChoice.from_param(self.state.param.selected, label="Variants"),
-            pn.pane.Plotly(self.layer_figure, height=380, sizing_mode="stretch_width"),
+            plotly_pane(self.layer_figure, "sparsity-per-layer", height=380,
+                        sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
         return pn.Column(variants, sweeps, layers, sizing_mode="stretch_width")
 

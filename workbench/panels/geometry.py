@@ -241,16 +241,17 @@ class GeometryPanel(SampleAnalysisPanel):
                                                        variant="outline"),
                          w.Select.from_param(self.param.only_class, width=110),
                          w.Select.from_param(self.param.reference, width=200))
-        items = [options, self.plotly(self.scatter_figure), self.plotly(self.embedding_figure)]
+        items = [options, self.exportable(self.scatter_figure),
+                 self.exportable(self.embedding_figure)]
         if len(self.geometries()) >= 2:
-            items.append(self.plotly(self.drift_figure))
-        items.append(pn.Row(self.plotly(self.margin_figure), self.plotly(self.collapse_figure),
-                            sizing_mode="stretch_width"))
+            items.append(self.exportable(self.drift_figure))
+        items.append(pn.Row(self.exportable(self.margin_figure),
+                            self.exportable(self.collapse_figure), sizing_mode="stretch_width"))
         if ("similarity",) in self.results or ("cka",) in self.results:
-            items.append(pn.Row(self.plotly(self.similarity_figure),
-                                self.plotly(self.cka_figure), sizing_mode="stretch_width"))
+            items.append(pn.Row(self.exportable(self.similarity_figure),
+                                self.exportable(self.cka_figure), sizing_mode="stretch_width"))
         items += [w.Select.from_param(self.param.stat, width=260),
-                  self.plotly(self.parallel_figure)]
+                  self.exportable(self.parallel_figure)]
         return self.outputs_with_samples(*items)
 
 

@@ -27,6 +27,7 @@ import param
 from workbench.analysis import density, top_eigenvalues, trace
 from workbench.errors import ParameterError
 from workbench.panels.analysis_base import AnalysisPanel, Job
+from workbench.panels.export import plotly_pane
 from workbench.plots.hessian import density_figure, eigenvalues_figure, trace_figure
 
 WHOLE = "whole model"
@@ -205,8 +206,9 @@ class HessianPanel(AnalysisPanel):
     @param.depends("results")
     def outputs(self):
         figs = self.figures()
-        panes = [pn.pane.Plotly(f, sizing_mode="stretch_width", height=f.layout.height or 400)
-                 for f in figs.values()]
+        panes = [plotly_pane(f, f"hessian-{key}", sizing_mode="stretch_width",
+                             height=f.layout.height or 400)
+                 for key, f in figs.items()]
         return pn.Column(pn.GridBox(*panes, ncols=2 if len(panes) > 1 else 1,
                                     sizing_mode="stretch_width"),
                          pn.pane.Markdown(self.summary()), sizing_mode="stretch_width")

@@ -40,6 +40,7 @@ from workbench.analysis import interpolate, landscape_1d, landscape_2d, project_
 from workbench.analysis.directions import random_directions, unwrap
 from workbench.errors import ParameterError
 from workbench.panels.analysis_base import AnalysisPanel, Job
+from workbench.panels.export import plotly_pane
 from workbench.plots.landscape import contour_figure, curves_figure, surface_figure
 from workbench.session import BASE
 
@@ -337,8 +338,9 @@ class LandscapePanel(AnalysisPanel):
     @param.depends("results", "metric", "surface")
     def outputs(self):
         figs = self.figures()
-        panes = [pn.pane.Plotly(f, sizing_mode="stretch_width", height=f.layout.height or 420)
-                 for f in figs.values()]
+        panes = [plotly_pane(f, f"landscape-{key}", sizing_mode="stretch_width",
+                             height=f.layout.height or 420)
+                 for key, f in figs.items()]
         grid = pn.GridBox(*panes, ncols=2 if len(panes) > 1 else 1,
                           sizing_mode="stretch_width")
         return pn.Column(grid, pn.pane.Markdown(self.notes()), sizing_mode="stretch_width")

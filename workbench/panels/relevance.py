@@ -239,13 +239,13 @@ class RelevancePanel(SampleAnalysisPanel):
         if not self.attributions():
             return self.outputs_with_samples()
         n = len(self.attributions())
-        items = [self.plotly(self.grid_figure, height=110 + 90 * (n + 1))]
+        items = [self.exportable(self.grid_figure, height=110 + 90 * (n + 1))]
         grid = self.sample_grid()
         if grid is not None:
             items.append(pn.Column(pn.pane.Markdown("#### Samples × variants (click a column)"),
                                    grid, sizing_mode="stretch_width"))
         if self.preservations():
-            items += [self.plotly(self.preservation_figure), pn.pane.Markdown(self.notes)]
+            items += [self.exportable(self.preservation_figure), pn.pane.Markdown(self.notes)]
         return self.outputs_with_samples(*items)
 
 

@@ -257,15 +257,15 @@ class RobustnessPanel(SampleAnalysisPanel):
             pn.Row(pn.widgets.RadioButtonGroup.from_param(self.param.show_severity,
                                                           color="primary",
                                                           variant="outline")),
-            self.plotly(self.table_figure),
+            self.exportable(self.table_figure),
             pn.pane.Markdown(self.notes),
-            self.plotly(self.curves_figure),
+            self.exportable(self.curves_figure),
             pn.Row(pn.Column(pn.pane.Markdown("#### Samples the corruptions flip (select one)"),
                              table, width=460),
-                   self.plotly(self.gallery_figure), sizing_mode="stretch_width"),
+                   self.exportable(self.gallery_figure), sizing_mode="stretch_width"),
         ]
         if any(k[0] == "sensitivity" for k in self.results):
-            items.append(self.plotly(self.sensitivity_figure))
+            items.append(self.exportable(self.sensitivity_figure))
         return self.outputs_with_samples(*items)
 
 

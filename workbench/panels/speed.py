@@ -38,6 +38,7 @@ from workbench.backend.layer_timing import layer_times
 from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
 from workbench.panels.compress import error_message
+from workbench.panels.export import plotly_pane
 from workbench.panels.state import SessionState
 from workbench.plots.speed import layer_time_figure, pareto_figure, speed_table
 
@@ -299,11 +300,11 @@ class SpeedPanel(pn.viewable.Viewer):
             width=340,
         )
         result = pn.Column(
-            pn.pane.Plotly(self._pareto, visible=self._has_result, height=400,
+            plotly_pane(self._pareto, "speed-pareto", visible=self._has_result, height=400,
                            sizing_mode="stretch_width"),
             pn.Row(w.Select.from_param(self.param.detail_variant),
                    w.Select.from_param(self.param.detail_engine), visible=self._has_result),
-            pn.pane.Plotly(self._layers, visible=self._has_layers, height=380,
+            plotly_pane(self._layers, "speed-layers", visible=self._has_layers, height=380,
                            sizing_mode="stretch_width"),
             pn.pane.Markdown(self.param.detail_note),
             w.Tabulator(self._table, disabled=True, show_index=False, visible=self._has_result,

@@ -36,6 +36,7 @@ from workbench.analysis import all_layers, asnet, attack_curve
 from workbench.analysis.subspace import layer_names
 from workbench.errors import ParameterError
 from workbench.panels.analysis_base import AnalysisPanel, Job
+from workbench.panels.export import plotly_pane
 from workbench.plots.subspace import (active_counts_figure, asnet_figure, asnet_rows,
                                       attack_figure, decay_figure, perturbation_figure)
 from workbench.prune.active import channel_counts
@@ -294,9 +295,9 @@ class SubspacePanel(AnalysisPanel):
         panes = []
         for key, f in figs.items():
             small = key.startswith("perturbation")
-            panes.append(pn.pane.Plotly(f, height=f.layout.height or 400,
-                                        sizing_mode="stretch_width" if not small else "fixed",
-                                        width=None if not small else 420))
+            panes.append(plotly_pane(f, f"subspace-{key}", height=f.layout.height or 400,
+                                     sizing_mode="stretch_width" if not small else "fixed",
+                                     width=None if not small else 420))
         return pn.Column(*panes, pn.pane.Markdown(self.asnet_markdown()),
                          sizing_mode="stretch_width")
 
