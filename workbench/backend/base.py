@@ -10,7 +10,9 @@ It must not modify ``model``. ``masks`` (layer name → bool keep-mask) and ``qu
 the number of CPU threads the compiled model may use (default: torch's current setting). The
 returned :class:`CompiledModel` is called on a float batch and returns the same logits as the
 model, within the engine's documented :class:`Tolerance`, and its ``report`` says which layers ran
-on which kernel or fell back to torch, and why.
+on which kernel or fell back to torch, and why. Engines that quantize activations set
+``compiled.reference`` to a callable simulating their rounding on the variant (with the scales
+they calibrated); their tolerance holds against that reference instead of the plain model.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class CompiledModel:
         self.report = report
         self.threads = threads
         self.weight_bytes = weight_bytes
+        self.reference: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def engine(self) -> str:

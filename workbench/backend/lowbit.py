@@ -359,3 +359,10 @@ def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, th
         report.notes.append("int8 activations: the reference is the variant with the kernels' "
                             "activation rounding simulated (compiled.reference)")
     return result
+
+
+register_engine("lowbit-int8", description="our packed low-bit kernels with int8 activations "
+                "(AVX-512 VNNI) on every quantized layer; checked against compiled.reference, "
+                "the variant with the kernels' activation rounding simulated",
+                tolerance=Tolerance(atol=1e-4, rtol=5e-3, agreement=0.999, exact_argmax=False),
+                activations="int8")(compile_lowbit)
