@@ -1,4 +1,5 @@
-"""The variant manager: list, rename and delete variants, download their recipes as YAML.
+"""The variant manager: list, rename and delete variants, download their recipes as YAML, and
+save the session to a workspace directory or open one (:class:`WorkspaceControls`, under the list).
 
 Examples
 --------
@@ -26,11 +27,12 @@ import param
 from workbench.errors import ParameterError
 from workbench.panels.compress import error_message
 from workbench.panels.state import SessionState
+from workbench.panels.workspace import WorkspaceControls
 from workbench.session import BASE
 
 
 class VariantManager(pn.viewable.Viewer):
-    """Rename, delete and export the session's variants."""
+    """Rename, delete and export the session's variants; save or open the workspace."""
 
     state = param.ClassSelector(class_=SessionState, doc="The shared dashboard state.")
     target = param.Selector(default=BASE, objects=[BASE], label="Variants")
@@ -44,6 +46,7 @@ class VariantManager(pn.viewable.Viewer):
         super().__init__(**params)
         if self.state is None:
             raise ParameterError("VariantManager needs a SessionState (state=...)")
+        self.workspace = WorkspaceControls(state=self.state)
         self._sync_targets()
 
     @param.depends("state.variants", watch=True)
@@ -113,6 +116,7 @@ class VariantManager(pn.viewable.Viewer):
                                   label="All recipes", color="light")),
             pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error),
             pn.pane.Alert(self.param.message, alert_type="success", visible=self._has_message),
+            self.workspace,
             sizing_mode="stretch_width",
         )
 
