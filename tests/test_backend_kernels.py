@@ -1,7 +1,8 @@
 """The C kernels against independent torch oracles, over shapes that hit every code path:
 gather (few columns) and tiled (16/32/64-wide) SpMM, int16 and int32 column indices, N:M,
 im2col convolutions (stride, padding, dilation, 1×1), fused BN + ReLU, all packed low-bit
-widths with symmetric and affine codes, XNOR + popcount, and 1 vs 2 threads."""
+widths with symmetric and affine codes on both low-bit paths (int8 activations, weight-only fp32
+activations, dense packed and sparse codes), XNOR + popcount, and 1 vs 2 threads."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from torch import nn
 
 from workbench.backend import compile_model
 from workbench.backend.lowbit import pack_codes, signed_codes
+from workbench.backend.weightonly import pack_weight_only, to_sparse_codes
 from workbench.backend.native import available
-from workbench.backend.sparse import nm_pattern, to_csr
+from workbench.backend.sparse import format_bytes, nm_pattern, to_bitmask, to_csr
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
+from workbench.storage import information_bound_bits
 
 pytestmark = pytest.mark.skipif(not available(), reason="no C compiler for the kernels")
 
@@ -108,9 +111,20 @@ def test_sparse_and_lowbit_conv_match_torch(geometry):
     assert float((cm(x) - pruned.model(x)).abs().max()) < 1e-4
     q = QUANTIZERS["uniform"](model, 8, activations=True, data=_Data(torch.randn(64, 5, 11, 9)))
     cm = compile_model(q.model, "lowbit", quant=q.layers)
-    assert cm.report.kernels() == {"0": "int8"}
+    assert cm.report.kernels() == {"0": "int8-int8"}
     ref = q.model(x)
     assert float((cm(x) - ref).abs().max()) < 1e-3 * float(ref.abs().max())
+    for bits, kernel in [(8, "int8-fp32"), (4, "int4-fp32"), (3, "int4-sparse-fp32")]:
+        q = QUANTIZERS["uniform"](pruned.model, bits, masks=pruned.masks)
+        cm = compile_model(q.model, "lowbit", quant=q.layers, threads=2,
+                           max_density=0.5 if bits == 3 else 0.0)
+        assert cm.report.kernels() == {"0": kernel}
+        ref = q.model(x)
+        assert float((cm(x) - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+        # the int8-activation path on the same layer matches its simulated reference
+        cm8 = compile_model(q.model, "lowbit-int8", quant=q.layers)
+        ref8 = cm8.reference(x)
+        assert float((cm8(x) - ref8).abs().max()) < 1e-4 * float(ref8.abs().max())
 
 
 class _Data:
@@ -174,9 +188,9 @@ def test_lowbit_linear_matches_quantized_reference(method, bits, kw, batch):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(83, 37), nn.ReLU())
     q = QUANTIZERS[method](model, bits, **kw)
-    cm = compile_model(q.model, "lowbit", quant=q.layers, threads=2)
+    cm = compile_model(q.model, "lowbit-int8", quant=q.layers, threads=2)
     storage = {8: 8, 5: 8, 4: 4, 3: 4, 2: 2, 1: 1}[bits]
-    assert cm.report.kernels() == {"0": f"int{storage}"}
+    assert cm.report.kernels() == {"0": f"int{storage}-int8"}
     x = torch.randn(batch, 83)
     lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
     s = (hi - lo) / 255
@@ -193,8 +207,8 @@ def test_signed_codes_handles_pruned_binary_as_two_bits():
     q = QUANTIZERS["binary"](p.model, 1, masks=p.masks)
     d, zw, bits = signed_codes(q.layers[""], 4)
     assert bits == 2 and set(d.unique().tolist()) == {-1, 0, 1} and zw.abs().sum() == 0
-    cm = compile_model(q.model, "lowbit", quant=q.layers)
-    assert cm.report.kernels() == {"": "int2"}
+    cm = compile_model(q.model, "lowbit", quant=q.layers, sparse=False)
+    assert cm.report.kernels() == {"": "int2-fp32"}
 
 
 @pytest.mark.parametrize("batch,k", [(1, 64), (9, 130), (64, 1000)])
@@ -226,3 +240,176 @@ def test_layers_outside_sequentials_and_grouped_convs():
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
     cm = compile_model(grouped, "sparse", max_density=1.0)
     assert "grouped" in cm.report.fallbacks()["0"]
+
+
+@pytest.mark.parametrize("method,bits,kw", [
+    ("uniform", 8, {}), ("uniform", 8, {"symmetric": False}), ("uniform", 6, {}),
+    ("uniform", 4, {}), ("uniform", 4, {"symmetric": False}), ("uniform", 3, {}),
+    ("uniform", 2, {"symmetric": False}), ("ternary", 2, {}), ("binary", 1, {}),
+    ("uniform", 4, {"granularity": "tensor"})])
+@pytest.mark.parametrize("batch", [1, 2, 5, 8, 19])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_only_linear_matches_float64_oracle(method, bits, kw, batch, threads):
+    """Oracle: the de-quantized weights times the unrounded fp32 inputs, in float64; odd
+    fan-ins leave partial packed loads."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(83, 37), nn.ReLU())
+    q = QUANTIZERS[method](model, bits, **kw)
+    cm = compile_model(q.model, "lowbit", quant=q.layers, threads=threads)
+    storage = {8: 8, 6: 8, 4: 4, 3: 4, 2: 2, 1: 1}[bits]
+    assert cm.report.kernels() == {"0": f"int{storage}-fp32"}
+    x = torch.randn(batch, 83)
+    w = q.layers["0"].dequantize().double()
+    ref = torch.relu(x.double() @ w.T + q.model[0].bias.double())
+    assert float((cm(x).double() - ref).abs().max()) < 1e-5 * float(ref.abs().max()) + 1e-6
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("batch", [1, 3, 4, 5, 16, 17, 40])
+def test_sparse_codes_match_float64_oracle(sparsity, bits, batch):
+    """Pruned + quantized layers on the sparse-codes kernel: gathers (<= 4 rows) and 16-row
+    tiles, fan-in over several 256-input chunks, rows with no codes, 2 threads."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(700, 45), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight[3] = 0.0  # an output with no stored code gives its bias
+    p = PRUNERS["magnitude"](model, sparsity)
+    q = QUANTIZERS["uniform"](p.model, bits, masks=p.masks)
+    cm = compile_model(q.model, "lowbit", quant=q.layers, threads=2, max_density=1.0)
+    assert cm.report.kernels()["0"] == f"int{8 if bits == 8 else 4}-sparse-fp32"
+    x = torch.randn(batch, 700)
+    w = q.layers["0"].dequantize().double()
+    ref = torch.relu(x.double() @ w.T + q.model[0].bias.double())
+    out = cm(x)
+    assert torch.equal(out[:, 3], torch.relu(q.model[0].bias[3]).expand(batch))
+    assert float((out.double() - ref).abs().max()) < 1e-5 * float(ref.abs().max()) + 1e-6
+
+
+def test_weight_only_and_sparse_layouts_round_trip():
+    """Unpacking the packed bytes in Python gives the signed codes back."""
+    torch.manual_seed(5)
+    for bits in (8, 4, 2, 1):
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        d = torch.randint(lo, hi + 1, (37, 21), dtype=torch.int32)
+        packed = pack_weight_only(d, bits).numpy()
+        g = 8 // bits
+        loads = -(-21 // g)
+        assert packed.size == 64 * loads  # 2 blocks of 32 outputs, one byte per load
+        p = packed.reshape(2, loads, 2, 16)
+        for o in range(37):
+            for k in range(21):
+                byte = int(p[o // 32, k // g, (o % 32) // 16, o % 16])
+                field = (byte >> (bits * (k % g))) & (2 ** bits - 1)
+                assert field - (2 ** bits if field > hi else 0) == int(d[o, k])
+    values = torch.zeros(3, 600, dtype=torch.int32)
+    values[0, [0, 255, 256, 599]] = torch.tensor([5, -3, 100, -128], dtype=torch.int32)
+    values[2, 300] = 7
+    start, counts, idx, codes, bits = to_sparse_codes(values)
+    assert bits == 8 and start.tolist() == [0, 4, 4]
+    assert counts.tolist() == [[2, 1, 1], [0, 0, 0], [0, 1, 0]]
+    assert idx.tolist() == [0, 255, 0, 87, 44]
+    assert codes.view(torch.int8).tolist() == [5, -3, 100, -128, 7]
+
+
+def random_weight(o, k, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(o, k, generator=g) * (torch.rand(o, k, generator=g) < density)
+
+
+@pytest.mark.parametrize("two_level", [False, True])
+@pytest.mark.parametrize("o,k,density", [(5, 64, 0.3), (37, 129, 0.1), (3, 700, 0.02),
+                                         (9, 1, 1.0), (16, 256, 1.0), (4, 70, 0.0)])
+def test_bitmask_layout_decodes_to_the_weight(two_level, o, k, density):
+    """Decoding the stored masks in Python (an independent reader) gives the weight back."""
+    w = random_weight(o, k, density, seed=o * k)
+    f = to_bitmask(w, two_level)
+    nb = -(-k // 64)
+    back = torch.zeros(o, nb * 64)
+    values = f["values"].tolist()
+    for r in range(o):
+        p, q = int(f["rowptr"][r]), int(f["nptr"][r]) if two_level else 0
+        for b in range(nb):
+            if two_level:
+                g, bits = int(f["masks"][r, b]) & 0xFFFF, 0
+                for j in range(16):
+                    if g >> j & 1:
+                        nib = (int(f["nibbles"][q // 2]) >> (4 * (q % 2))) & 0xF
+                        bits |= nib << (4 * j)
+                        q += 1
+            else:
+                bits = int(f["masks"][r, b]) & (2 ** 64 - 1)
+            for j in range(64):
+                if bits >> j & 1:
+                    back[r, b * 64 + j] = values[p]
+                    p += 1
+        assert p == int(f["rowptr"][r + 1])
+    assert torch.equal(back[:, :k], w) and not back[:, k:].any()
+    assert f["values"].numel() == int((w != 0).sum()) + 16  # + 16 zeros of padding
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "bitmask-2level", "csr"])
+@pytest.mark.parametrize("o,k,density", [(1, 1, 1.0), (7, 13, 0.5), (45, 70, 0.2),
+                                         (33, 300, 0.1), (64, 1024, 0.05), (130, 129, 0.6),
+                                         (20, 100, 1.0), (10, 65, 0.0)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bitmask_kernels_match_torch(fmt, o, k, density, threads):
+    """Random sparse Linear+ReLU in each format against float64 torch: every batch path
+    (bit walk and VEXPANDPS for < 8 columns, 1-4 vector lane tiles, several tiles), empty
+    rows, all-zero and fully dense layers, odd sizes."""
+    w = random_weight(o, k, density, seed=o + k)
+    if o > 2:
+        w[1] = 0  # an empty row
+    lin = nn.Linear(k, o)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    model = nn.Sequential(lin, nn.ReLU()).eval()
+    cm = compile_model(model, "sparse", max_density=1.0, formats=(fmt,), nm=False, threads=threads)
+    assert cm.report.kernels() == {"0": fmt}
+    assert cm.weight_bytes == format_bytes(w)[fmt]
+    g = torch.Generator().manual_seed(1)
+    for batch in (1, 2, 5, 7, 8, 16, 33, 64, 100, 130):
+        x = torch.randn(batch, k, generator=g)
+        ref = torch.relu(x.double() @ w.double().T + lin.bias.double())
+        out = cm(x)
+        assert float((out.double() - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
+        if o > 2:
+            assert torch.equal(out[:, 1], torch.relu(lin.bias[1]).expand(batch))
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "bitmask-2level"])
+def test_bitmask_conv_matches_torch(fmt):
+    """Conv2d (im2col columns, tiles that cross samples) on both bitmask formats."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(6, 9, 3, padding=1), nn.ReLU()).eval()
+    p = PRUNERS["magnitude"](model, 0.8)
+    cm = compile_model(p.model, "sparse", max_density=1.0, formats=(fmt,), threads=2)
+    assert cm.report.kernels() == {"0": fmt}
+    for batch in (1, 3):
+        x = torch.randn(batch, 6, 7, 5)  # 35 positions: tiles straddle two samples
+        assert float((cm(x) - p.model(x)).abs().max()) < 1e-4
+
+
+def test_formats_are_chosen_by_size_within_the_information_bound():
+    """Each layer gets its smallest format, and at 80-98 % sparsity that is within 10 % of
+    log2 C(n, k) index bits + 32 bits per value."""
+    for sparsity in (0.8, 0.9, 0.95, 0.98):
+        w = random_weight(512, 1024, 1 - sparsity, seed=int(sparsity * 100))
+        lin = nn.Linear(1024, 512)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        cm = compile_model(lin, "sparse")
+        sizes = format_bytes(w)
+        (layer,) = cm.report.layers
+        assert layer.kernel == min(sizes, key=sizes.get) and "smallest" in layer.reason
+        assert cm.weight_bytes == sizes[layer.kernel]
+        assert cm.weight_bytes * 8 <= 1.10 * information_bound_bits(w)
+
+
+def test_sparse_layers_fit_nm_by_chance_stay_unstructured():
+    w = random_weight(64, 512, 0.02, seed=5)  # every group of 8 has <= 4 nonzeros by chance
+    assert nm_pattern(w) is not None
+    lin = nn.Linear(512, 64)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    assert compile_model(lin, "sparse", max_density=1.0).report.kernels() == {"": "csr"}

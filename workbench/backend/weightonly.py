@@ -58,7 +58,7 @@ def to_sparse_codes(values: torch.Tensor):
     """The nonzero signed codes ``values (O, K)`` (``code - zero point``) in the sparse format.
 
     Returns ``(rowstart int32 (O,), counts uint16 (O, chunks), idx uint8 (nnz,), packed codes
-    (followed by 16 bytes of padding), bits)`` with 4-bit codes (two per byte, low nibble first) when every value lies in
+    (4-bit ones followed by 16 bytes of padding), bits)`` with 4-bit codes (two per byte, low nibble first) when every value lies in
     ``[-8, 7]``, else 8-bit.
 
     Examples
@@ -91,7 +91,7 @@ def to_sparse_codes(values: torch.Tensor):
         if len(nib) % 2:
             nib = torch.cat([nib, nib.new_zeros(1)])
         packed = nib[0::2] | (nib[1::2] << 4)
-    packed = torch.cat([packed, packed.new_zeros(16)])  # the kernel reads 16 bytes at a time
+        packed = torch.cat([packed, packed.new_zeros(16)])  # the kernel reads 16 bytes at once
     return (rowstart.to(torch.int32).contiguous(),
             counts.reshape(o, nchunks).to(torch.int16).contiguous(), idx, packed, bits)
 

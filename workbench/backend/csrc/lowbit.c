@@ -90,12 +90,28 @@ static void quantize_contiguous(const float *xc, uint8_t *q, int64_t K, int64_t 
 /* Quantize columns to uint8 rows xq[n*Kp + k] (zero padded to Kp, a multiple of 16). With
  * static_scale > 0 every column uses the given scale / zero point (calibrated activations),
  * else the min/max of the column (widened to include 0). */
-void wb_quantize_columns(const float *x, uint8_t *xq, float *sx, int32_t *zx, int32_t *xsum,
-                         int64_t B, int64_t K, int64_t L, int64_t Kp, float static_scale,
-                         int32_t static_zp, int nthreads) {
-    int64_t N = B * L;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K > 262144)
-    for (int64_t n = 0; n < N; n++) {
+typedef struct {
+    const float *x;
+    uint8_t *xq;
+    float *sx;
+    int32_t *zx, *xsum;
+    int64_t N, K, L, Kp;
+    float static_scale;
+    int32_t static_zp;
+} quant_job;
+
+#define QUANT_ROWS 8  /* columns per pool item */
+
+static void quantize_task(void *ctx, int64_t item, int64_t e) {
+    const quant_job *j = (const quant_job *)ctx;
+    (void)e;
+    const float *x = j->x;
+    uint8_t *xq = j->xq;
+    float *sx = j->sx, static_scale = j->static_scale;
+    int32_t *zx = j->zx, *xsum = j->xsum, static_zp = j->static_zp;
+    const int64_t K = j->K, L = j->L, Kp = j->Kp;
+    const int64_t end = (item + 1) * QUANT_ROWS < j->N ? (item + 1) * QUANT_ROWS : j->N;
+    for (int64_t n = item * QUANT_ROWS; n < end; n++) {
         const float *xc = x + (n / L) * K * L + (n % L);
         uint8_t *q = xq + n * Kp;
 #if WB_VNNI
@@ -133,6 +149,15 @@ void wb_quantize_columns(const float *x, uint8_t *xq, float *sx, int32_t *zx, in
         zx[n] = z;
         xsum[n] = sum;
     }
+}
+
+/* Items of QUANT_ROWS columns on the work-sharing pool (from 32k values on). */
+void wb_quantize_columns(const float *x, uint8_t *xq, float *sx, int32_t *zx, int32_t *xsum,
+                         int64_t B, int64_t K, int64_t L, int64_t Kp, float static_scale,
+                         int32_t static_zp, int nthreads) {
+    int64_t N = B * L, items = (N + QUANT_ROWS - 1) / QUANT_ROWS;
+    quant_job job = {x, xq, sx, zx, xsum, N, K, L, Kp, static_scale, static_zp};
+    wb_parallel_for(items, quantize_task, &job, nthreads > 1 && N * K >= 32768 ? nthreads : 1);
 }
 
 typedef struct {
