@@ -265,3 +265,19 @@ def test_speed_cancel_stops_before_the_next_variant(fresh_session):
     assert panel.status.startswith("Cancelled")
     result = panel.run_now()
     assert [r.variant for r in result.rows] == list(state.variants)
+
+
+def test_subspace_cancel_between_gradient_batches(fresh_session):
+    from workbench.panels.subspace import SubspacePanel
+
+    panel = SubspacePanel.from_session(fresh_session, analyses=["spectra"], samples=16,
+                                       variants=["base"])
+    previous = panel.run_now()
+    assert previous and panel.error == ""
+    panel.samples = 300
+    runner, release = start_held(panel.run_now)
+    assert panel.cancel_run()
+    release.set()
+    runner.join(WAIT)
+    assert 1 <= panel.steps_run < 300  # one batch of samples, not all of them
+    assert panel.results is previous and panel.status == CANCELLED and not panel.busy

@@ -26,6 +26,7 @@ from torch import nn
 
 from workbench.analysis.subspace import (INPUT, _data, _positive, gradient_batches,
                                          subspace_from_gradients)
+from workbench.cancel import step
 from workbench.errors import DataError, ParameterError
 from workbench.evaluate import predict_logits
 
@@ -187,6 +188,7 @@ def attack_curve(model, x=None, y=None, norms=(0.5, 1.0, 2.0, 3.0, 4.0), *, seed
     success = {"as": [], "random": [], "sign": []}
     signs = {"as": [], "sign": []}
     for eps in norms:
+        step(1)  # a progress step: lets a CancelToken stop the work here
         rate, s = best(v_as, float(eps))
         success["as"].append(rate)
         signs["as"].append(s)

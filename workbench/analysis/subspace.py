@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workbench.cancel import step
 from workbench.errors import DataError, ParameterError, UnsupportedLayerError, WorkbenchError
 
 INPUT = "input"
@@ -314,6 +315,7 @@ def gradient_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers:
         with _eval_mode(model), torch.enable_grad():
             for start in range(0, len(x), batch_size):
                 xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                step(len(xb))  # a progress step: lets a CancelToken stop the work here
                 probes.clear()
                 if INPUT in layers:
                     probes[INPUT] = torch.zeros(_probe_shape(xb.shape, pool), dtype=xb.dtype,
