@@ -425,3 +425,13 @@ def test_per_layer_is_offered_only_where_it_means_something(state):
     assert compress.preview_note == "" and compress.preview_metrics is not None
     compress.per_layer = False
     assert compress.request()["scope"] == "global" and "per_layer_sparsity" not in compress.request()
+
+
+def test_per_layer_editor_starts_from_a_pruned_parents_sparsity(state):
+    compress = CompressPanel(state=state)
+    parent = state.add("prune", "magnitude", sparsity=0.6, name="m60")
+    compress.param.update(parent="m60", sparsity=0.3, per_layer=True)
+    current = parent.metrics.layer_sparsity
+    assert compress.layer_editor.value == pytest.approx([current[n] for n in
+                                                         compress.layer_editor.layers], abs=0.01)
+    assert compress.preview_metrics.sparsity == pytest.approx(parent.metrics.sparsity, abs=0.01)

@@ -204,14 +204,21 @@ def cached_whatif(session, kind: str, method: str, *, parent: str | None = None,
 
 def variant_whatif(variant):
     """:func:`~workbench.analysis.whatif.whatif_summary` of an existing variant (cached with
-    its own previews, for comparing a preview with its parent or the base model)."""
+    its own previews, for comparing a preview with its parent or the base model).
+
+    Runs on a copy of the variant's model: the geometry's temporary hook must never be seen by
+    a preview that copies the same model at that moment in another thread.
+    """
+    import copy
+
     from workbench.analysis.whatif import whatif_summary
 
     key = ("self",)
     hit = _lookup(variant, key, "whatif")
     if hit is not None:
         return hit
-    return _store(variant, key, "whatif", whatif_summary(variant.model, variant.data))
+    return _store(variant, key, "whatif",
+                  whatif_summary(copy.deepcopy(variant.model), variant.data))
 
 
 def cache_info(what: str = "preview") -> CacheInfo:

@@ -354,8 +354,10 @@ class CompressPanel(pn.viewable.Viewer):
         if (self._editor_for == (self.kind, self.parent) and data["layers"] == layers_before
                 and set(self.layer_values) == set(data["layers"])):
             return  # same layers (e.g. another variant was added): keep the user's edits
-        start = float(self.sparsity) if mode == "sparsity" else self.bits
-        data["value"] = [start] * len(data["layers"])
+        if mode == "sparsity":  # a pruned parent's layers start where they already are
+            data["value"] = [max(float(self.sparsity), v) for v in data["value"]]
+        else:
+            data["value"] = [self.bits] * len(data["layers"])
         self.layer_editor.param.update(**data)
         self._editor_for = (self.kind, self.parent)
         self.layer_values = dict(zip(data["layers"], self.layer_editor.value))

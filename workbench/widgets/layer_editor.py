@@ -126,7 +126,9 @@ class LayerEditorMixin:
     def as_dict(self) -> dict:
         """Layer name → edited value (sparsity as float, bits as int).
 
-        Feed bits to ``session.quantize("uniform", per_layer_bits=editor.as_dict())``.
+        Feed sparsities to ``session.prune("magnitude", per_layer_sparsity=editor.as_dict())``
+        and bits to ``session.quantize("uniform", per_layer_bits=editor.as_dict())`` (the
+        Compress panel's "Per layer" switch does this for you).
         """
         cast = int if self.mode == "bits" else float
         return {n: cast(v) for n, v in zip(self.layers, self.value)}
