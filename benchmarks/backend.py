@@ -6,7 +6,9 @@ default CNN (LeNet-5 on 8×8 digits). For each workload, thread count (1 and 2) 
 every candidate once, so background load hits all alike); medians are compared. Baselines:
 torch eager fp32 and the strongest dense option (the fastest of ONNX Runtime fp32, ``to_mkldnn``
 and, with ``--inductor``, ``torch.compile(freezing=True)``). Ratios > 1 mean faster than the
-baseline. Results go to ``benchmarks/results/backend.json``.
+baseline. Results go to ``benchmarks/results/backend.json``. The low-bit candidates, targets,
+sparse-codes break-even, per-call overhead and accuracy-cost table live in
+``benchmarks/backend_lowbit.py`` (JSON key ``lowbit``).
 
     python benchmarks/backend.py            # about 2-3 minutes on 2 cores
     python benchmarks/backend.py --quick    # fewer rounds and workloads, for a smoke run
@@ -36,6 +38,8 @@ from workbench.backend.native import load_kernels  # noqa: E402
 from workbench.models import create_model  # noqa: E402
 from workbench.prune import PRUNERS  # noqa: E402
 from workbench.quantize import QUANTIZERS  # noqa: E402
+from backend_lowbit import (accuracy_cost, break_even, call_overhead,  # noqa: E402
+                            lowbit_candidates, lowbit_checks, print_lowbit_section)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backend.json"
 DENSE = ("torch", "ort-fp32", "mkldnn", "inductor")
@@ -87,7 +91,6 @@ def build(workload: str, threads: int, batch: int, x: torch.Tensor, args) -> dic
     if args.inductor:
         add("inductor", inductor_runner(model, x))
     spec = WORKLOADS[workload]
-    dense_weights = [s.layer.weight for s in find_sites(model)]
     for s in spec.get("sparsity", ()):
         p = pruned(model, s)
         bound = sum(storage_bound_bits(p.model.get_submodule(n).weight) for n in p.masks)
@@ -101,21 +104,7 @@ def build(workload: str, threads: int, batch: int, x: torch.Tensor, args) -> dic
         p = PRUNERS["nm"](model, n=2, m=4)
         add("nm-2:4", compile_model(p.model, "sparse", masks=p.masks, threads=threads,
                                     max_density=1.0))
-    for bits in spec.get("bits", ()):
-        q = QUANTIZERS["uniform"](model, bits)
-        bound = sum(w.numel() * bits for w in dense_weights)
-        add(f"int{bits}", compile_model(q.model, "lowbit", quant=q.layers, threads=threads),
-            bound)
-    for mode in spec.get("ort_int8", ()):
-        engine = "onnxruntime-int8" if mode == "static" else "onnxruntime-int8-dynamic"
-        add(f"ort-int8-{mode}", compile_model(model, engine, example=x[:256] if len(x) >= 256
-                                              else example, threads=threads))
-    if spec.get("binary"):
-        q = QUANTIZERS["binary"](model, 1)
-        bound = sum(w.numel() for w in dense_weights)
-        add("binary-xnor", compile_model(q.model, "lowbit", quant=q.layers, threads=threads,
-                                         binary_activations=True), bound)
-        add("binary-weights", compile_model(q.model, "lowbit", quant=q.layers, threads=threads))
+    lowbit_candidates(workload, model, spec, threads, add, x)  # see backend_lowbit.py
     return cands, info
 
 
@@ -268,6 +257,11 @@ def main(argv=None):
                       f"({timing[best]['median_ms']:.3f} ms; torch "
                       f"{timing['torch']['median_ms']:.3f} ms)\n    {line}", flush=True)
     checks = evaluate(runs)
+    lowbit = lowbit_checks(runs, storage)
+    print_lowbit_section(lowbit, runs)
+    checks += lowbit
+    overhead = {t: call_overhead(t) for t in args.threads}
+    accuracy = accuracy_cost(args.quick)
     print("\ntargets (median ratios; noisy machine: see p90/min in the JSON):")
     for c in checks:
         mins = "" if c["value_of_minimums"] is None else f" (of minimums: {c['value_of_minimums']})"
@@ -284,7 +278,9 @@ def main(argv=None):
            "settings": {"rounds": rounds, "batches": args.batches, "threads": args.threads,
                         "inductor": args.inductor, "quick": args.quick,
                         "elapsed_s": round(time.perf_counter() - t_start, 1)},
-           "runs": runs, "targets": checks, "storage_vs_bound": storage}
+           "runs": runs, "targets": checks, "storage_vs_bound": storage,
+           "lowbit": {"accuracy": accuracy, "call_overhead_us": overhead,
+                      "sparse_break_even": break_even(runs)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {args.out} in {out['settings']['elapsed_s']} s")
