@@ -38,11 +38,19 @@ def _no_grad():
         yield
 
 
+# The activation fake-quant of "-act" variants rounds fp32 values: an engine that sums in
+# another order (MKL vs ORT vs our kernels) flips codes at rounding ties, so only the engines
+# that run the variant's own arithmetic (torch) or replace it by their int8 kernels take it.
+ACT_ENGINES = ("torch", "lowbit", "lowbit-int8")
+
+
 def _cases():
     for engine in ENGINES:
         models, variants = HEAVY.get(engine, (MODELS, VARIANTS))
         for m in models:
             for v in variants:
+                if v.endswith("-act") and engine not in ACT_ENGINES:
+                    continue
                 yield pytest.param(engine, m, v, id=f"{engine}-{m}-{v}")
 
 
