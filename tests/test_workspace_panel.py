@@ -50,8 +50,12 @@ def test_save_change_open_gives_back_the_saved_variants_in_every_view(state, tmp
     assert state.variants == ["base", "half", "random-30"]
     old = state.session
 
-    controls.param.trigger("open")
-    assert controls.error == "" and controls.message.startswith("Opened 3 variants")
+    controls.param.trigger("open")  # first press: names what it would discard, changes nothing
+    assert controls.notice.startswith("Unsaved: half, random-30") and controls.error == ""
+    assert state.session is old and state.variants == ["base", "half", "random-30"]
+    controls.param.trigger("open")  # second press: confirmed
+    assert controls.error == "" and controls.notice == ""
+    assert controls.message.startswith("Opened 3 variants")
     assert state.session is not old
     assert state.variants == ["base", "magnitude-50", "magnitude-50+uniform-4b"]
     assert rows(state.session) == saved_rows
@@ -94,7 +98,9 @@ def test_open_errors_leave_the_session_intact(state, tmp_path):
 
     controls.path = str(tmp_path / "ws2")
     assert controls.save_now() is not None and controls.error == ""
+    assert controls.unsaved() == []
     assert controls.open_now() is not None and controls.error == ""
+    assert controls.notice == "" and state.session is not session
 
 
 def test_save_to_an_impossible_place_is_a_clear_error(state, tmp_path):

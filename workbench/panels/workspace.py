@@ -4,7 +4,9 @@ A directory field with **Save** and **Open** (see :mod:`workbench.workspace` for
 holds). Open replaces the session of the shared :class:`~workbench.panels.state.SessionState`, so
 every tab sees the reopened variants (the analysis panels drop results of the old session and
 cancel work in progress). A missing, damaged or incompatible workspace shows its error and leaves
-the current session as it was.
+the current session as it was. Open never discards work silently: if the current session has
+variants made since it was last saved or opened, the first press only names them (Save first, or
+press Open again to discard them).
 
 Examples
 --------
@@ -18,6 +20,11 @@ Examples
 >>> state.remove("magnitude-50"); state.variants
 ['base']
 >>> _ = controls.open_now(); state.variants
+['base', 'magnitude-50']
+>>> _ = state.add("prune", "random", sparsity=0.3)
+>>> controls.open_now() is None, controls.notice.startswith("Unsaved: random-30")
+(True, True)
+>>> _ = controls.open_now(); state.variants  # the second press discards random-30
 ['base', 'magnitude-50']
 """
 
@@ -34,7 +41,8 @@ import param
 from workbench.errors import ParameterError, WorkbenchError
 from workbench.panels.compress import error_message
 from workbench.panels.state import SessionState
-from workbench.session import Session
+from workbench.session import BASE, Session
+from workbench.workspace import MANIFEST
 
 
 class WorkspaceControls(pn.viewable.Viewer):
@@ -46,6 +54,7 @@ class WorkspaceControls(pn.viewable.Viewer):
     open = param.Event(label="Open")
     busy = param.Boolean(default=False)
     error = param.String(default="")
+    notice = param.String(default="", doc="What Open would discard (press again to confirm).")
     message = param.String(default="")
 
     def __init__(self, **params):
@@ -54,6 +63,36 @@ class WorkspaceControls(pn.viewable.Viewer):
             raise ParameterError("WorkspaceControls needs a SessionState (state=...)")
         if not self.path and self.state.session.workspace is not None:
             self.path = str(self.state.session.workspace)
+        self._kept: tuple = (None, {})  # (session, {name: variant}) as last saved or opened
+        self._confirmed: tuple | None = None
+        if self.state.session.workspace is not None:
+            self._remember()
+
+    def _remember(self) -> None:
+        session = self.state.session
+        self._kept = (session, dict(session.variants))
+
+    def unsaved(self) -> list[str]:
+        """Variants of the current session not in its last save or open (Open would lose them)."""
+        session = self.state.session
+        kept = self._kept[1] if self._kept[0] is session else {}
+        return [n for n, v in session.variants.items() if n != BASE and kept.get(n) is not v]
+
+    def _discard_confirmed(self, directory: Path) -> bool:
+        """False (and a warning naming them) on the first Open that would lose variants.
+
+        A directory without a manifest goes straight to its "not a workspace" error.
+        """
+        lost = self.unsaved()
+        if not lost or not (directory / MANIFEST).is_file():
+            return True
+        key = (str(directory), id(self.state.session), tuple(lost))
+        if self._confirmed == key:
+            return True
+        self._confirmed = key
+        self.param.update(notice=f"Unsaved: {', '.join(lost)}. Save them first, or press "
+                                  "**Open** again to discard them.", message="", error="")
+        return False
 
     # --- the work (any thread) -----------------------------------------------------------------
     def _directory(self) -> Path:
@@ -71,24 +110,27 @@ class WorkspaceControls(pn.viewable.Viewer):
 
     # --- applying the outcome (UI thread) -------------------------------------------------------
     def _saved(self, path: Path) -> None:
+        self._remember()
         n = len(self.state.session.variants)
-        self.param.update(path=str(path), error="",
+        self.param.update(path=str(path), error="", notice="",
                           message=f"Saved {n} variant{'s' * (n != 1)} to `{path}`.")
 
     def _opened(self, session: Session, notes: list[str], directory: Path) -> None:
         self.state.session = session  # every view follows the shared state
+        self._remember()
+        self._confirmed = None
         n = len(session.variants)
         text = f"Opened {n} variant{'s' * (n != 1)} from `{directory}`."
         if notes:
             text += "\n\n" + "\n\n".join(f"⚠ {note}" for note in notes)
-        self.param.update(path=str(directory), error="", message=text)
+        self.param.update(path=str(directory), error="", notice="", message=text)
 
     def _failed(self, what: str, err: Exception) -> None:
         text = error_message(err)
         if not isinstance(err, WorkbenchError):
             text = f"{type(err).__name__}: {text}"
         self.param.update(error=f"{what} failed: {text} (the current session is unchanged)",
-                          message="")
+                          message="", notice="")
 
     # --- blocking versions (notebooks, tests) --------------------------------------------------
     def save_now(self) -> Path | None:
@@ -102,9 +144,12 @@ class WorkspaceControls(pn.viewable.Viewer):
         return saved
 
     def open_now(self) -> Session | None:
-        """Open the workspace at ``path`` as the dashboard's session; None on failure."""
+        """Open the workspace at ``path`` as the dashboard's session; None on failure (or on a
+        first press that would discard unsaved variants)."""
         try:
             directory = self._directory()
+            if not self._discard_confirmed(directory):
+                return None
             session, notes = self._read(directory)
         except Exception as err:  # noqa: BLE001
             self._failed("Open", err)
@@ -116,7 +161,7 @@ class WorkspaceControls(pn.viewable.Viewer):
     async def _in_worker(self, what: str, fn):
         if self.busy:
             return None
-        self.param.update(busy=True, error="", message=f"{what}…")
+        self.param.update(busy=True, error="", notice="", message=f"{what}…")
         try:
             return await asyncio.get_running_loop().run_in_executor(None, fn)
         except Exception as err:  # noqa: BLE001
@@ -143,6 +188,8 @@ class WorkspaceControls(pn.viewable.Viewer):
         except ParameterError as err:
             self._failed("Open", err)
             return
+        if not self._discard_confirmed(directory):
+            return
         opened = await self._in_worker("Opening", partial(self._read, directory))
         if opened is not None:
             self._opened(*opened, directory)
@@ -151,6 +198,10 @@ class WorkspaceControls(pn.viewable.Viewer):
     @param.depends("error")
     def _has_error(self) -> bool:
         return bool(self.error)
+
+    @param.depends("notice")
+    def _has_notice(self) -> bool:
+        return bool(self.notice)
 
     @param.depends("message")
     def _has_message(self) -> bool:
@@ -168,6 +219,8 @@ class WorkspaceControls(pn.viewable.Viewer):
                                        css_classes=["wb-ws-open"])),
             pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error,
                           css_classes=["wb-ws-error"]),
+            pn.pane.Alert(self.param.notice, alert_type="warning", visible=self._has_notice,
+                          css_classes=["wb-ws-warning"]),
             pn.pane.Alert(self.param.message, alert_type="success", visible=self._has_message,
                           css_classes=["wb-ws-message"]),
             sizing_mode="stretch_width",
