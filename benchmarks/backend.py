@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import sys
 import time
@@ -40,6 +39,7 @@ from workbench.prune import PRUNERS  # noqa: E402
 from workbench.quantize import QUANTIZERS  # noqa: E402
 from backend_lowbit import (accuracy_cost, break_even, call_overhead,  # noqa: E402
                             lowbit_candidates, lowbit_checks, print_lowbit_section)
+from workbench.storage import information_bound_bits  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backend.json"
 DENSE = ("torch", "ort-fp32", "mkldnn", "inductor")
@@ -64,10 +64,143 @@ def pruned(model, sparsity):
 
 
 def storage_bound_bits(w: torch.Tensor, bits: int = 32) -> float:
-    """Information-theoretic size of a sparse weight: log2 C(n, k) position bits + k values."""
-    n, k = w.numel(), int((w != 0).sum())
-    positions = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
-    return positions + k * bits
+    """Information-theoretic size of a sparse weight: log2 C(n, k) index bits + k values."""
+    return information_bound_bits(w, bits)
+
+
+# --- sparse section --------------------------------------------------------------------------
+class TorchSparseLinear(nn.Module):
+    """A Linear whose weight is a ``torch.sparse_csr`` tensor (the torch.sparse.mm baseline)."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.weight = layer.weight.detach().to_sparse_csr()
+        self.bias = None if layer.bias is None else layer.bias.detach()
+
+    def forward(self, x):
+        y = torch.sparse.mm(self.weight, x.t()).t()
+        return y if self.bias is None else y + self.bias
+
+
+def torch_sparse_runner(model: nn.Module):
+    """``model`` with every Linear on ``torch.sparse.mm`` (None if it has a Conv2d)."""
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return None
+    m = copy.deepcopy(model).eval()
+    if isinstance(m, nn.Linear):
+        return TorchSparseLinear(m)
+    for name, child in list(m.named_modules()):
+        for key, sub in list(child.named_children()):
+            if isinstance(sub, nn.Linear):
+                setattr(child, key, TorchSparseLinear(sub))
+    return m
+
+
+def sparse_candidates(model, spec, threads, add, cands, info):
+    """Our sparse engine at each sparsity of the workload (automatic per-layer placement and,
+    for the break-even scan, forced onto the kernels), 2:4, and torch.sparse.mm at 90 %."""
+    import warnings
+
+    for s in spec.get("sparsity", ()):
+        p = pruned(model, s)
+        bound = sum(storage_bound_bits(p.model.get_submodule(n).weight) for n in p.masks)
+        name = f"sparse-{round(s * 100)}"
+        cm = compile_model(p.model, "sparse", masks=p.masks, threads=threads)
+        add(name, cm, bound)
+        info[name]["formats"] = {r.name: f"{r.kernel}: {r.reason}" for r in cm.report.layers}
+        if s in spec.get("forced", ()):
+            add(f"{name}-forced", compile_model(p.model, "sparse", masks=p.masks,
+                                                threads=threads, max_density=1.0),
+                bound if s == 0.9 else None)  # the forced formats' storage at 90 %
+        if round(s * 100) == 90:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                runner = torch_sparse_runner(p.model)
+            if runner is not None:
+                cands["torch.sparse-90"] = runner
+    if spec.get("nm"):
+        p = PRUNERS["nm"](model, n=2, m=4)
+        cm = compile_model(p.model, "sparse", masks=p.masks, threads=threads)
+        add("nm-2:4", cm)
+        info["nm-2:4"]["formats"] = {r.name: f"{r.kernel}: {r.reason}" for r in cm.report.layers}
+
+
+def print_sparse_section(checks: list[dict], runs: list[dict]) -> None:
+    """Which format each layer got (and why), then every sparse target with pass/fail."""
+    print("\nsparse: formats per layer (first run of each workload)")
+    seen = set()
+    for run in runs:
+        if run["workload"] in seen:
+            continue
+        seen.add(run["workload"])
+        for name, i in run["info"].items():
+            for layer, fmt in i.get("formats", {}).items():
+                print(f"  {run['workload']:<22} {name:<10} {layer:<12} {fmt}")
+    print("\nsparse targets (median ratios; of minimums in parentheses):")
+    for c in checks:
+        mins = "" if c["value_of_minimums"] is None else f" ({c['value_of_minimums']})"
+        where = c["workload"] + ("" if c["threads"] is None
+                                 else f", {c['threads']} thread(s), batch {c['batch']}")
+        print(f"  [{'PASS' if c['met'] else 'FAIL'}] {c['target']}: {c['value']}{mins} "
+              f"goal {c['goal']} ({where})")
+
+
+def sparse_checks(runs: list[dict], storage: dict) -> list[dict]:
+    """The issue's sparse targets, each with its measured value and pass/fail.
+
+    Speed ratios are medians of interleaved rounds against the strongest dense baseline of
+    the run (``value_of_minimums``: the same ratio of the fastest rounds, less noisy).
+    "Never slower than dense" allows 5 % for timing noise and says so in its name.
+    """
+    checks = []
+
+    def check(target, run, a, base, goal):
+        res = run["timing"]
+        if a in res and base in res:
+            value, of_min = ratio(res, a, base), ratio(res, a, base, "min_ms")
+            checks.append({"section": "sparse", "target": target, "workload": run["workload"],
+                           "threads": run["threads"], "batch": run["batch"],
+                           "value": round(value, 3), "value_of_minimums": round(of_min, 3),
+                           "goal": goal, "met": bool(value >= goal)})
+
+    for run in runs:
+        w, b, best = run["workload"], run["batch"], run["best_dense"]
+        wide = w in ("linear-1024", "mlp-784-1024-1024-10", "linear-4096")
+        if wide and (b == 64 or (b == 1 and w != "linear-4096")):
+            check("sparse 90% >= 1.5x best dense", run, "sparse-90", best, 1.5)
+        if wide and b == 64:
+            check("sparse 95% >= 3x best dense", run, "sparse-95", best, 3.0)
+        if b == 64:
+            check("N:M 2:4 >= 1.3x best dense", run, "nm-2:4", best, 1.3)
+        check("sparse 90% >= 1.0x torch.sparse.mm", run, "sparse-90", "torch.sparse-90", 1.0)
+        for name in run["timing"]:  # layers that fall back run on torch eager
+            if name.startswith("sparse-") and not name.endswith("-forced"):
+                check(f"{name} (automatic fallback) never slower than torch eager (>= 0.95x)",
+                      run, name, "torch", 0.95)
+        if w == "linear-1024" and b == 64:
+            res = run["timing"]
+            faster = [int(k.split("-")[1]) for k in res
+                      if k.startswith("sparse-") and k.endswith("-forced")
+                      and ratio(res, k, best) > 1.0]
+            if faster:
+                checks.append({"section": "sparse", "target": "break-even sparsity <= 75% "
+                               "(value: lowest forced sparsity faster than dense)",
+                               "workload": w, "threads": run["threads"], "batch": b,
+                               "value": min(faster), "value_of_minimums": None, "goal": 75,
+                               "met": bool(min(faster) <= 75)})
+    kernels = {}  # (workload, candidate) -> kernels of its layers
+    for run in runs:
+        for name, i in run["info"].items():
+            kernels[run["workload"], name] = set(i.get("kernels", ()))
+    for workload, ratios in storage.items():
+        for name, r in ratios.items():  # only where every layer is in a sparse format
+            if name.startswith("sparse-") and "torch" not in kernels.get((workload, name), {1}):
+                checks.append({"section": "sparse", "target": "storage within 10% of the "
+                               "information-theoretic size (value: size / bound)",
+                               "workload": workload, "threads": None, "batch": None,
+                               "value": r, "value_of_minimums": None, "goal": 1.10,
+                               "met": bool(r <= 1.10)})
+    return checks
 
 
 def build(workload: str, threads: int, batch: int, x: torch.Tensor, args) -> dict:
@@ -91,19 +224,7 @@ def build(workload: str, threads: int, batch: int, x: torch.Tensor, args) -> dic
     if args.inductor:
         add("inductor", inductor_runner(model, x))
     spec = WORKLOADS[workload]
-    for s in spec.get("sparsity", ()):
-        p = pruned(model, s)
-        bound = sum(storage_bound_bits(p.model.get_submodule(n).weight) for n in p.masks)
-        add(f"sparse-{round(s * 100)}", compile_model(p.model, "sparse", masks=p.masks,
-                                                      threads=threads), bound)
-        if s in spec.get("forced", ()):
-            add(f"sparse-{round(s * 100)}-forced",
-                compile_model(p.model, "sparse", masks=p.masks, threads=threads,
-                              max_density=1.0))
-    if spec.get("nm"):
-        p = PRUNERS["nm"](model, n=2, m=4)
-        add("nm-2:4", compile_model(p.model, "sparse", masks=p.masks, threads=threads,
-                                    max_density=1.0))
+    sparse_candidates(model, spec, threads, add, cands, info)
     lowbit_candidates(workload, model, spec, threads, add, x)  # see backend_lowbit.py
     return cands, info
 
@@ -134,7 +255,8 @@ WORKLOADS = {
                                  bits=(8, 4), ort_int8=("static", "dynamic"), binary=True),
     "linear-4096": dict(model=linear(4096), inputs=(4096,), sparsity=(0.9,), bits=(8, 4),
                         ort_int8=("dynamic",), binary=True),
-    "default-cnn": dict(model=default_cnn, inputs=(1, 8, 8), sparsity=(0.9,), bits=(8,),
+    "default-cnn": dict(model=default_cnn, inputs=(1, 8, 8), sparsity=(0.9,), forced=(0.9,),
+                        bits=(8,),
                         ort_int8=("static",)),
 }
 
@@ -187,10 +309,7 @@ def evaluate(runs: list[dict]) -> list[dict]:
             return ratio(res, a, base), ratio(res, a, base, "min_ms")
 
         wide = w in ("linear-1024", "mlp-784-1024-1024-10", "linear-4096")
-        if wide and (b == 64 or (b == 1 and w != "linear-4096")):
-            check("sparse 90% >= 1.5x best dense", run, *both("sparse-90", best)[:1], 1.5, both("sparse-90", best)[1])
         if wide and b == 64:
-            check("sparse 95% >= 3x best dense", run, *both("sparse-95", best)[:1], 3.0, both("sparse-95", best)[1])
             check("int8 >= 2.5x best dense", run, *both("int8", best)[:1], 2.5, both("int8", best)[1])
             ort = [k for k in ("ort-int8-static", "ort-int8-dynamic") if k in res]
             if ort:
@@ -199,15 +318,6 @@ def evaluate(runs: list[dict]) -> list[dict]:
                       both("int8", fastest)[1])
             check("binary (XNOR) >= 5x best dense", run, *both("binary-xnor", best)[:1], 5.0,
                   both("binary-xnor", best)[1])
-        if w == "linear-1024" and b == 64:
-            faster = [int(k.split("-")[1]) for k in res
-                      if k.startswith("sparse-") and k.endswith("-forced")
-                      and ratio(res, k, best) and ratio(res, k, best) > 1.0]
-            if faster:
-                check("break-even sparsity <= 75% (value: 100 - lowest faster sparsity)", run,
-                      100 - min(faster), 25)
-        if "nm-2:4" in res and b == 64:
-            check("N:M 2:4 >= 1.3x best dense", run, *both("nm-2:4", best)[:1], 1.3, both("nm-2:4", best)[1])
         if w == "linear-4096" and b == 1:
             check("int4 >= 1.3x our int8 (batch 1, 4096^2)", run, *both("int4", "int8")[:1], 1.3,
                   both("int4", "int8")[1])
@@ -257,6 +367,9 @@ def main(argv=None):
                       f"({timing[best]['median_ms']:.3f} ms; torch "
                       f"{timing['torch']['median_ms']:.3f} ms)\n    {line}", flush=True)
     checks = evaluate(runs)
+    sparse = sparse_checks(runs, storage)
+    print_sparse_section(sparse, runs)
+    checks += sparse
     lowbit = lowbit_checks(runs, storage)
     print_lowbit_section(lowbit, runs)
     checks += lowbit

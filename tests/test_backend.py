@@ -16,6 +16,7 @@ import torch
 from conftest import hook_count, state_equal, zoo_model
 from workbench.backend import ENGINES, Tolerance, compile_model, compile_variant
 from workbench.backend.graph import find_sites
+from workbench.backend.sparse import FORMATS, format_bytes
 from workbench.errors import ParameterError, UnknownNameError
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
@@ -215,8 +216,8 @@ def test_lowbit_sparse_choice_follows_density_and_counts_bytes():
 def test_sparse_uses_sparse_kernels_on_a_pruned_variant(fresh_session):
     v = fresh_session.prune("magnitude", 0.95)
     cm = compile_variant(v, "sparse", threads=1, max_density=0.3)
-    assert set(cm.report.kernels().values()) <= {"csr", "nm-2:4", "nm-4:8"}
-    assert "csr" in cm.report.kernels().values()
+    assert set(cm.report.kernels().values()) <= set(FORMATS) | {"nm-2:4", "nm-4:8"}
+    assert set(cm.report.kernels().values()) & set(FORMATS)
     assert cm.weight_bytes < 0.35 * 4 * sum(s.layer.weight.numel()
                                             for s in find_sites(v.model))
     # automatic mode keeps LeNet's tiny layers (< MIN_WEIGHTS) on torch and says why
@@ -224,7 +225,8 @@ def test_sparse_uses_sparse_kernels_on_a_pruned_variant(fresh_session):
     assert "too small" in auto.report.fallbacks()["features.0"]
     wide = torch.nn.Sequential(torch.nn.Linear(256, 256))
     p = PRUNERS["magnitude"](wide, 0.9)
-    assert compile_model(p.model, "sparse").report.kernels() == {"0": "csr"}
+    sizes = format_bytes(p.model[0].weight.detach())
+    assert compile_model(p.model, "sparse").report.kernels() == {"0": min(sizes, key=sizes.get)}
 
 
 def test_sparse_keeps_dense_layers_on_torch_and_says_why():
@@ -232,6 +234,31 @@ def test_sparse_keeps_dense_layers_on_torch_and_says_why():
     cm = compile_model(model, "sparse")
     (layer,) = cm.report.layers
     assert layer.kernel == "torch" and "dense is faster" in layer.reason
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("variant", ["dense", "pruned90"])
+def test_every_sparse_format_matches_the_variant(fmt, model_name, variant, digits):
+    """Each unstructured format of the sparse engine, forced onto every supported layer."""
+    model, masks, _ = build(model_name, variant)
+    before, hooks = {k: v.clone() for k, v in model.state_dict().items()}, hook_count(model)
+    x = digits.x_test[:300]
+    with torch.inference_mode():
+        ref = model(x)
+    cm = compile_model(model, "sparse", masks=masks, threads=2, max_density=1.0, formats=(fmt,))
+    out = cm(x)
+    tol: Tolerance = ENGINES["sparse"].tolerance
+    assert float((out - ref).abs().max()) <= tol.bound(ref)
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert hook_count(model) == hooks
+    kernels = cm.report.kernels()
+    assert set(kernels) == {s.name for s in find_sites(model)}
+    # the forced format runs every layer the kernels support (grouped convs fall back)
+    assert {k for k in kernels.values() if not k.startswith("nm-")} <= {fmt, "torch"}
+    assert fmt in kernels.values()
+    assert float((cm(x[:1]) - out[:1]).abs().max()) <= tol.bound(ref)
 
 
 def test_nm_pruned_layers_use_the_nm_format():

@@ -1,12 +1,16 @@
-"""The ``sparse`` engine: unstructured (CSR) and N:M sparse Linear/Conv2d on our C kernels.
+"""The ``sparse`` engine: unstructured and N:M sparse Linear/Conv2d on our C kernels.
 
 Every Linear/Conv2d (BatchNorm folded, a following ReLU fused) is stored in the format that fits
-its zero pattern: N:M when every group of ``m`` consecutive inputs keeps at most ``n`` weights
-with ``n/m <= 1/2`` and that is smaller than CSR, else blocked CSR (values + one byte per
-column index, see :func:`to_csr`). Conv2d runs as im2col (``torch.nn.functional.unfold``)
-+ sparse GEMM. Layers denser than the break-even density run on torch (dense MKL is faster
-there), so ``sparse`` is never slower than the dense model by design; with ``batch_dependent``
-densities a layer keeps its dense weight too and picks per call by the number of columns.
+its zero pattern (the report says which and why): N:M patterns (every group of ``m`` inputs
+keeps at most ``n <= m/2``, e.g. 2:4) as a flat bitmask; any other pattern in the smallest of
+blocked CSR (values + one byte per column index, :func:`to_csr`), the flat bitmask (1 bit per
+weight, best above ~28 % density) and the two-level bitmask (4-bit masks of the non-empty
+groups of 4 columns only, best from ~5 % to ~28 %), see :func:`format_bytes`. With few columns
+the kernels walk the nonzeros of each row; from 8 columns on the columns sit in the SIMD lanes
+(``csrc/lanes.h``). Conv2d runs as im2col + the same kernels. Layers denser than the measured
+break-even run on torch, so ``sparse`` is never slower than dense by design; between
+:data:`SMALL_BATCH_DENSITY` and :data:`LARGE_BATCH_DENSITY` a layer keeps its dense weight too
+and picks per call by the number of columns.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 from workbench.backend.base import CompiledModel, Report, Tolerance, register_engine
+from workbench.backend.chain import chain_runner
 from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
 from workbench.backend.native import KernelUnavailable, load_kernels
 from workbench.errors import ParameterError
@@ -22,9 +27,9 @@ from workbench.errors import ParameterError
 # Break-even densities measured with benchmarks/backend.py on a 2-core AVX-512 machine: below
 # SMALL_BATCH_DENSITY the kernels beat MKL at every batch size; up to LARGE_BATCH_DENSITY they
 # win only from LARGE_BATCH columns (batch × output positions) on.
-SMALL_BATCH_DENSITY = 0.3
-LARGE_BATCH_DENSITY = 0.35
-LARGE_BATCH = 16
+SMALL_BATCH_DENSITY = 0.4
+LARGE_BATCH_DENSITY = 0.45
+LARGE_BATCH = 32
 # Layers with fewer weights than this stay on torch unless max_density is given: their work is
 # too small for a sparse format to pay for the call and the im2col (LeNet on 8x8 digits).
 MIN_WEIGHTS = 8192
@@ -161,6 +166,15 @@ def format_bytes(weight2d: torch.Tensor) -> dict[str, int]:
             + 8 * (out + 1)}
 
 
+def work_floats(n: int, k: int) -> int:
+    """Floats of packed input tiles the kernels need for ``n`` columns of ``k`` rows (as
+    ``wb_work_floats``: tiles of 16-64 columns; none below 8 columns, which are read in place)."""
+    if n < 8:
+        return 1
+    bt = 16 * min(4, -(-n // 16))
+    return -(-n // bt) * bt * k
+
+
 class SparseLayer(NativeLayer):
     """A Linear/Conv2d run by the CSR or bitmask kernels (optionally dense below
     ``min_columns``); ``fmt`` is ``"csr"``, ``"bitmask"``, ``"bitmask-2level"`` or an N:M
@@ -176,16 +190,19 @@ class SparseLayer(NativeLayer):
         self.dense = (w2.clone(), b) if min_columns > 1 else None
         self.work = Workspace()
         self.nnz = int((w2 != 0).sum())
+        dense_bytes = 0 if self.dense is None else 4 * w2.numel()  # kept for small batches
         if fmt == "csr":
             self.start, self.counts, self.idx, self.values = to_csr(w2)
-            self.bytes = 5 * self.values.numel() + self.counts.numel() + 4 * self.start.numel()
+            self.bytes = (5 * self.values.numel() + self.counts.numel() + 4 * self.start.numel()
+                          + dense_bytes)
             self.args = (self.start.data_ptr(), self.counts.data_ptr(), self.idx.data_ptr(),
                          self.values.data_ptr(), self.bias.data_ptr())
             self.call = lib.wb_csr_spmm
         else:
             two_level = fmt == "bitmask-2level"
             self.packed = to_bitmask(w2, two_level)
-            self.bytes = sum(t.numel() * t.element_size() for t in self.packed.values())
+            self.bytes = sum(t.numel() * t.element_size() for t in self.packed.values()) \
+                + dense_bytes
             nib = self.packed.get("nibbles")
             nptr = self.packed.get("nptr")
             self.args = (int(two_level), self.packed["masks"].data_ptr(),
@@ -206,8 +223,15 @@ class SparseLayer(NativeLayer):
                 out.clamp_(min=0)
             y.view_as(out).copy_(out)
             return
-        work = self.work.get(self.lib.wb_work_floats(B * L, K, self.out_features))
+        work = self.work.get(work_floats(B * L, K))
         self.call(*self.args, x.data_ptr(), y.data_ptr(), work.data_ptr(), B, K, L,
+                  self.out_features, self.relu, self.nthreads())
+
+    def run_linear(self, x, y):
+        """The kernel on a contiguous ``(B, K)`` batch into ``y`` (see ``chain.py``)."""
+        b, k = x.shape
+        work = self.work.get(work_floats(b, k))
+        self.call(*self.args, x.data_ptr(), y.data_ptr(), work.data_ptr(), b, k, 1,
                   self.out_features, self.relu, self.nthreads())
 
     def extra_repr(self) -> str:
@@ -274,6 +298,11 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
         w2 = w.reshape(w.shape[0], -1)
         density = float((w2 != 0).float().mean())
         min_columns = 1
+        sizes = format_bytes(w2)
+        smallest = min(formats, key=sizes.__getitem__)
+        pattern = nm_pattern(w2) if nm else None
+        if pattern is not None and sizes["bitmask"] > sizes[smallest]:
+            pattern = None  # so sparse that it fits N:M by chance: an unstructured format
         if max_density is not None:
             if density > max_density:
                 total["bytes"] += _torch_bytes(site)
@@ -282,19 +311,19 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
             total["bytes"] += _torch_bytes(site)
             return None, "torch", (f"{w2.numel()} weights: too small for the sparse kernels to "
                                    "pay off")
+        elif pattern is not None:
+            pass  # N:M (at most 1/2 dense) beats dense at every batch size
         elif density > LARGE_BATCH_DENSITY:
             total["bytes"] += _torch_bytes(site)
             return None, "torch", (f"density {density:.2f} above the break-even "
                                    f"{LARGE_BATCH_DENSITY:.2f}: dense is faster")
         elif density > SMALL_BATCH_DENSITY:
             min_columns = LARGE_BATCH
-        pattern = nm_pattern(w2) if nm else None
         if pattern is not None:  # N:M runs as a flat bitmask: 1 bit per weight + values
             fmt = f"{pattern[0]}:{pattern[1]}"
             why = f"{fmt} pattern, stored as a bitmask"
         else:
-            sizes = format_bytes(w2)
-            fmt = min(formats, key=sizes.__getitem__)
+            fmt = smallest
             why = "smallest of " + ", ".join(f"{f} {sizes[f]} B" for f in formats)
         module = SparseLayer(site, lib, fmt, threads, min_columns)
         total["bytes"] += module.bytes
@@ -304,4 +333,7 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
 
     compiled, layers = rewrite(model, make)
     report.layers = layers
-    return CompiledModel(compiled, report, threads, total["bytes"])
+    fast = chain_runner(compiled) if lib is not None else None
+    if fast is not None:
+        report.notes.append("a chain of Linear layers: one loop of kernel calls, no modules")
+    return CompiledModel(fast or compiled, report, threads, total["bytes"])

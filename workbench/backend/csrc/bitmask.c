@@ -24,7 +24,7 @@
 #include <immintrin.h>
 #endif
 
-#define PARALLEL_MACS 200000
+#define PARALLEL_MACS 50000
 #define ROWS 32
 #define BLOCK 64
 #define CHUNK_BLOCKS 4 /* 256 columns: byte offsets */

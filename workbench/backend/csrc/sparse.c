@@ -18,7 +18,7 @@
 #include "pool.h"
 
 /* below this many multiply-adds a call stays on one thread (waking a second one costs more) */
-#define PARALLEL_MACS 200000
+#define PARALLEL_MACS 50000
 
 /* Blocked CSR: the columns are cut into chunks of CHUNK (255); within a chunk a column is one
  * byte (its offset in the chunk) and a row's nonzero count is one byte. The nonzeros are
