@@ -56,7 +56,7 @@ static inline __m512 wq_table(int bits) {
     return _mm512_loadu_ps(t);
 }
 
-#define WQ_BODY(L_, S_)                                                                        \
+#define WQ_BODY(L_, S_, TAIL_)                                                                      \
         {                                                                                      \
             const int64_t l_ = (L_);                                                           \
             const __m128i *p = (const __m128i *)(w + l_ * 32);                                 \
@@ -70,7 +70,7 @@ static inline __m512 wq_table(int bits) {
             }                                                                                  \
             for (int g = 0; g < G; g++) {                                                      \
                 const int64_t k = l_ * G + g;                                                  \
-                if (l_ >= full && k >= K) break;                                               \
+                if (TAIL_ && k >= K) break;                                                    \
                 __m512 w0, w1;                                                                 \
                 if (WB_BITS == 8) {                                                               \
                     w0 = _mm512_cvtepi32_ps(v0);                                               \
@@ -102,9 +102,10 @@ static inline __m512 wq_table(int bits) {
         const __m512 table = wq_table(BITS);                                                   \
         (void)table;                                                                           \
         int64_t l = 0;                                                                         \
-        for (; l + SETS <= nl; l += SETS)                                                      \
-            for (int u = 0; u < SETS; u++) WQ_BODY(l + u, u)                                   \
-        for (; l < nl; l++) WQ_BODY(l, 0)                                                      \
+        for (; l + SETS <= full; l += SETS)                                                    \
+            for (int u = 0; u < SETS; u++) WQ_BODY(l + u, u, 0)                                \
+        for (; l < full; l++) WQ_BODY(l, 0, 0)                                                 \
+        if (full < nl) WQ_BODY(full, 0, 1) /* a partial last load */                           \
         float out[32] __attribute__((aligned(64)));                                            \
         for (int r = 0; r < NR; r++) {                                                         \
             __m512 h0 = acc[0][r][0], h1 = acc[0][r][1];                                       \
