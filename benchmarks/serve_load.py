@@ -145,6 +145,21 @@ _WATCH_CLEARED = """(e, reset) => {
 }"""
 
 
+# Whether the Bokeh model behind a text input/area element holds ``text`` (what the server got).
+_MODEL_VALUE_IS = """(e, text) => {
+    const index = window.Bokeh && window.Bokeh.index;
+    if (!index || typeof index.all_views !== "function") return false;
+    const view = [...index.all_views()].find(v => v.input_el === e);
+    return view !== undefined && view.model.value === text;
+}"""
+# Set the element's text and fire the events Bokeh listens to ('input', then 'change').
+_COMMIT_VALUE = """(e, text) => {
+    e.value = text;
+    e.dispatchEvent(new Event("input", {bubbles: true}));
+    e.dispatchEvent(new Event("change", {bubbles: true}));
+}"""
+
+
 class DashboardPage:
     """The served dashboard in one Playwright page (async API), by its ``wb-*`` CSS classes."""
 
@@ -203,10 +218,28 @@ class DashboardPage:
         await wait_until(chosen, self.timeout, f"method {name}")
 
     async def set_extra(self, text: str) -> None:
-        """The 'Extra parameters (YAML)' box (the Compress tab's only text area)."""
-        box = self.page.locator(".wb-tabs textarea")
+        """Type ``text`` into the 'Extra parameters (YAML)' box (the Compress tab's text area)
+        and commit it: returns once the box's Bokeh model holds the text.
+
+        A text area sends its value to the server on 'change' (blur). That event can be lost:
+        when the box is re-rendered between typing and blur, or after a programmatic update of
+        the box, the browser sees no change and Bokeh never sends the value, and a later Apply
+        runs with the old text. Once the model holds the value its message has been sent, ahead
+        of any later click on the same websocket, and Panel handles pending value changes
+        before button events. If it does not after the blur, the text is set again and
+        committed with explicit input/change events.
+        """
+        box = self.page.locator(".wb-tabs textarea").first
         await box.fill(text)
-        await box.blur()  # a text area sends its value on change (blur)
+        await box.blur()
+
+        async def committed():
+            if await box.evaluate(_MODEL_VALUE_IS, text):
+                return True
+            await box.evaluate(_COMMIT_VALUE, text)
+            return False
+
+        await wait_until(committed, self.timeout, f"the text area to commit {text!r}")
 
     async def error(self) -> str:
         """The Compress tab's error Alert ('' when hidden)."""
@@ -395,6 +428,15 @@ def static_url(url: str) -> str:
     return f"{root}/static/extensions/panel/css/loading.css"
 
 
+def step_summary(sessions: list, step: str) -> dict:
+    """Seconds from a session's start to ``step`` (e.g. 'ready': the page is usable), over the
+    sessions that got there; ``reached`` counts them."""
+    seconds = sorted(s.steps[step] for s in sessions if step in s.steps)
+    return {"reached": len(seconds), "min": seconds[0] if seconds else None,
+            "median": seconds[len(seconds) // 2] if seconds else None,
+            "max": seconds[-1] if seconds else None}
+
+
 def latency_summary(probes: list) -> dict:
     seconds = sorted(p["seconds"] for p in probes)
     return {"count": len(seconds), "max": seconds[-1] if seconds else None,
@@ -432,6 +474,7 @@ def run(n: int = 10, *, limit: float = LIMIT_S, timeout: float = ACTION_TIMEOUT_
                    "per_session_mb": round((after["peak_rss_mb"] - before["rss_mb"]) / n, 1)},
         "completion_seconds": {"min": min(times, default=None), "max": max(times, default=None),
                                "mean": round(sum(times) / len(times), 3) if times else None},
+        "ready_seconds": step_summary(sessions, "ready"),
         "page_probe_seconds": latency_summary(driven["page_probes"]),
         "static_probe_seconds": latency_summary(driven["static_probes"]),
         "blocked_requests": sorted(set(driven["blocked"])),
@@ -449,7 +492,7 @@ def run(n: int = 10, *, limit: float = LIMIT_S, timeout: float = ACTION_TIMEOUT_
 
 
 SUMMARY = ("sessions", "completed", "wall_seconds", "server_cpu_seconds", "memory",
-           "completion_seconds", "page_probe_seconds", "static_probe_seconds")
+           "completion_seconds", "ready_seconds", "page_probe_seconds", "static_probe_seconds")
 
 
 def main(argv: list[str] | None = None) -> int:

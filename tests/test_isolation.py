@@ -76,7 +76,6 @@ async def shot(dash: DashboardPage, name: str) -> None:
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.flaky
 def test_two_browser_sessions_see_only_their_own_variants(dashboard_url):
     async def scenario(browser):
         (a, a_errors), (b, b_errors) = await asyncio.gather(open_dashboard(browser, dashboard_url),
@@ -109,7 +108,6 @@ def test_two_browser_sessions_see_only_their_own_variants(dashboard_url):
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.flaky
 def test_a_failing_apply_shows_its_error_and_the_rest_keeps_working(dashboard_url):
     async def scenario(browser):
         dash, errors = await open_dashboard(browser, dashboard_url)
@@ -118,7 +116,7 @@ def test_a_failing_apply_shows_its_error_and_the_rest_keeps_working(dashboard_ur
         with pytest.raises(ApplyFailed) as failed:
             await dash.apply()
         assert str(failed.value) == ("pruning method 'magnitude' does not take ['bogus']; "
-                                     "it accepts ['scope', 'exclude']")
+                                     "it accepts ['scope', 'exclude', 'per_layer_sparsity']")
         assert await dash.error() == str(failed.value)  # shown in the Compress tab
         await shot(dash, "isolation-error")
 

@@ -9,6 +9,10 @@ called as ``factory(state=state)`` with the dashboard's shared
 :class:`~workbench.panels.state.SessionState`. A tab that fails to build shows its error instead
 of breaking the dashboard.
 
+Tabs are built lazily: a new dashboard (a new visitor of ``workbench serve``) builds only the
+first tab; the others are built when first opened, and stay (hidden, not torn down) afterwards,
+so a figure that updates in a hidden tab never updates a torn-down Plotly view.
+
 Examples
 --------
 >>> import workbench
@@ -21,19 +25,15 @@ Examples
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable, Union
-
 import panel as pn
 import param
 
 from workbench.errors import ParameterError
-from workbench.panels.compress import error_message
+from workbench.panels.offline import OfflineFast
 from workbench.panels.state import SessionState
+from workbench.panels.tabviews import TabFactory, TabViews, failed_tab
 from workbench.panels.variants import VariantManager
 from workbench.session import Session
-
-TabFactory = Union[str, Callable[..., object]]
 
 TABS: list[tuple[str, TabFactory]] = [
     ("Compress", "workbench.panels.compress:CompressPanel"),
@@ -64,13 +64,6 @@ def register_tab(title: str, factory: TabFactory, *, replace: bool = False) -> N
         TABS.append((title, factory))
 
 
-def _resolve(factory: TabFactory) -> Callable[..., object]:
-    if isinstance(factory, str):
-        module, _, attr = factory.partition(":")
-        return getattr(importlib.import_module(module), attr)
-    return factory
-
-
 def load_extensions() -> None:
     """Load the Panel extensions the dashboard uses (plotly, tabulator) into the page/notebook."""
     pn.extension(*EXTENSIONS, notifications=False)
@@ -93,18 +86,26 @@ class Dashboard(pn.viewable.Viewer):
         load_extensions()
         self.state = SessionState(session=self.session)
         self.manager = VariantManager(state=self.state)
-        self.tabs = {title: self._build(title, factory) for title, factory in TABS}
+        self.tabs = TabViews(TABS, state=self.state)  # title -> view, built on first access
+        self._slots = {title: pn.Column(pn.pane.Markdown(f"Loading the {title} tab …"),
+                                        sizing_mode="stretch_width", css_classes=["wb-tab-slot"])
+                       for title in self.tabs}
+        self._shown: set[str] = set()
 
     @param.depends("session", watch=True)
     def _session_changed(self):
         self.state.session = self.session
 
-    def _build(self, title: str, factory: TabFactory):
+    def show_tab(self, title: str) -> None:
+        """Build the ``title`` tab's view into its slot, once (done on the tab's first opening)."""
+        if title in self._shown:
+            return
+        self._shown.add(title)
         try:
-            return _resolve(factory)(state=self.state)
+            view = pn.panel(self.tabs[title])  # a Viewer's __panel__ runs here
         except Exception as err:  # noqa: BLE001  one broken tab must not break the dashboard
-            return pn.pane.Alert(f"The {title} tab failed to load: {error_message(err)}",
-                                 alert_type="danger")
+            view = failed_tab(title, err)
+        self._slots[title].objects = [view]
 
     # --- views ------------------------------------------------------------------------------------
     @param.depends("state.revision")
@@ -129,8 +130,20 @@ class Dashboard(pn.viewable.Viewer):
         return [pn.pane.Markdown(self.info, css_classes=["wb-info"]), self.manager]
 
     def _tabs(self) -> pn.Tabs:
-        return pn.Tabs(*self.tabs.items(), dynamic=True, sizing_mode="stretch_width",
+        # Not dynamic=True: that tears a tab's views down when it is hidden, and a Plotly view
+        # torn down while it renders raises in the page. Lazy slots keep the cost of a new page.
+        tabs = pn.Tabs(*self._slots.items(), sizing_mode="stretch_width",
                        css_classes=["wb-tabs"], stylesheets=[TAB_HEADERS_WRAP])
+        titles = list(self._slots)
+
+        def opened(event):
+            if 0 <= event.new < len(titles):
+                self.show_tab(titles[event.new])
+
+        tabs.param.watch(opened, "active")
+        if titles:
+            self.show_tab(titles[max(tabs.active, 0)])
+        return tabs
 
     def __panel__(self):
         return pn.Row(pn.Column(*self._sidebar(), width=330), self._tabs(),
@@ -139,7 +152,8 @@ class Dashboard(pn.viewable.Viewer):
     def template(self) -> pn.template.FastListTemplate:
         """The full-page version (for ``workbench serve`` / ``panel serve``)."""
         return pn.template.FastListTemplate(title=self.title, sidebar=self._sidebar(),
-                                            main=[self._tabs()], sidebar_width=340)
+                                            main=[self._tabs()], sidebar_width=340,
+                                            design=OfflineFast)
 
     def servable(self, title: str | None = None, location=True, area: str = "main",
                  target: str | None = None):
