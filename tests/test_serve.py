@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -21,6 +22,9 @@ def assert_dashboard_page(status: int, html: str) -> None:
     assert status == 200, html[:500]
     assert "docs_json" in html and "data-root-id" in html  # a rendered Bokeh document
     assert "fastlisttemplate" in html  # the dashboard's template, not an error page
+    # every script and stylesheet from this server (tests/test_offline.py checks the browser)
+    for outside in ("fonts.googleapis.com", "cdn.holoviz.org", "cdn.bokeh.org", "cdn.jsdelivr.net"):
+        assert outside not in html
 
 
 def test_serve_answers_with_the_dashboard():
@@ -58,6 +62,21 @@ def test_basic_auth_and_origins_reach_panel(monkeypatch, capsys):
     assert kw["basic_auth"] == "correct-horse" and len(kw["cookie_secret"]) >= 32
     assert kw["address"] == "0.0.0.0" and "lab.example.org:5124" in kw["websocket_origin"]
     assert "*" not in kw["websocket_origin"]
+
+
+def test_serve_makes_panel_serve_its_resources_itself(monkeypatch):
+    import panel as pn
+    from bokeh.settings import settings
+    from panel.io.resources import use_cdn
+
+    from workbench import cli
+
+    monkeypatch.delenv("BOKEH_RESOURCES", raising=False)
+    monkeypatch.setattr(settings.resources, "_user_value", settings.resources._user_value)
+    monkeypatch.setattr(pn, "serve", lambda panels, **kw: None)
+    assert cli.main(["serve", "--port", "5125"]) == 0
+    assert settings.resources() == "server" and not use_cdn()
+    assert os.environ["BOKEH_RESOURCES"] == "server"  # and for any server it starts
 
 
 def test_panel_serve_of_the_notebook_answers():

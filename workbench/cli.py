@@ -111,6 +111,9 @@ def serve_command(args) -> int:
     import panel as pn
 
     from workbench.app import APP_NAME, create_app
+    from workbench.panels.offline import serve_locally
+
+    serve_locally()  # scripts and stylesheets from this server, never from a CDN
 
     auth = {}
     if password:
