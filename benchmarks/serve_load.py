@@ -105,9 +105,8 @@ def is_loopback_url(url: str) -> bool:
 
 
 async def loopback_context(browser, blocked: list | None = None):
-    """A new browser context that aborts every request to anything but loopback (Panel's fast
-    theme links a web font, and concurrent sessions sometimes get CDN stylesheet URLs: see the
-    ``blocked`` list, which collects them)."""
+    """A new browser context that aborts every request to anything but loopback; the
+    ``blocked`` list collects them (the dashboard needs none: ``tests/test_offline.py``)."""
     context = await browser.new_context(viewport=VIEWPORT)
 
     async def block(route):

@@ -6,7 +6,7 @@ Chromium pages in separate browser contexts, arriving two seconds apart, each op
 dashboard, applying magnitude pruning at its own sparsity (0.51 … 0.60), opening the Compare tab
 and running the default sweep, while probes GET the app page (every 15 s) and a static file
 (every second) and the server's memory is sampled. Loopback only: the browser aborts every
-request to anything else.
+request to anything else, and none is attempted.
 
 Bounds (the measured numbers are in ``benchmarks/results/serve_load.json`` when the benchmark
 is run):
