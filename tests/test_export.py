@@ -148,3 +148,20 @@ def test_no_figure_and_bad_format_are_clear_errors():
     with pytest.raises(ExportError, match="format"):
         menu.download("pdf")
     assert figure_html(go.Figure()).startswith(b"<!doctype html>")
+
+
+def test_images_render_off_the_event_loop(renderer):
+    import asyncio
+
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 1]))
+    menu = FigureExport(figure=lambda: fig, basename="async")
+    seen = []
+    menu.param.watch(lambda e: seen.append(e.new), "rendering")
+    png = asyncio.run(menu.download_async("png")).read()
+    assert png.startswith(PNG) and seen == [True, False] and not menu.rendering
+    html = asyncio.run(menu.download_async("html")).read()
+    assert trace_json(fig).encode() in html
+    empty = FigureExport(figure=lambda: None, basename="none")
+    with pytest.raises(ExportError):
+        asyncio.run(empty.download_async("svg"))
+    assert "no figure" in empty.message and not empty.rendering

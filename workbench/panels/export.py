@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import io
@@ -120,6 +121,7 @@ class FigureExport(pn.viewable.Viewer):
                             doc="What the plot's camera button saves (in the browser).")
     config = param.Dict(default={}, doc="Plotly config for the figure's pane.")
     message = param.String(default="", doc="Why an export is unavailable or failed.")
+    rendering = param.Boolean(default=False, doc="A PNG/SVG is being rendered.")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -168,17 +170,40 @@ class FigureExport(pn.viewable.Viewer):
             raise ExportError(f"format must be one of {FORMATS}, got {fmt!r}")
         return self.html() if fmt == "html" else self.image(fmt)
 
+    async def download_async(self, fmt: str) -> io.BytesIO:
+        """As :meth:`download`; images render in a worker thread (the page stays live, the
+        buttons show that they are busy)."""
+        if fmt not in IMAGE_FORMATS:
+            return self.download(fmt)
+        self.rendering = True
+        try:
+            fig = self._figure()
+            data = await asyncio.get_running_loop().run_in_executor(None, figure_image, fig, fmt)
+        except ExportError as err:
+            self.message = str(err)
+            raise
+        finally:
+            self.rendering = False
+        return io.BytesIO(data)
+
+    async def _png(self) -> io.BytesIO:
+        return await self.download_async("png")
+
+    async def _svg(self) -> io.BytesIO:
+        return await self.download_async("svg")
+
     @param.depends("message")
     def _has_message(self) -> bool:
         return bool(self.message)
 
     def __panel__(self):
+        callbacks = {"html": self.html, "png": self._png, "svg": self._svg}
+
         def button(fmt: str, visible: bool = True):
             return pn.widgets.FileDownload(
-                callback=functools.partial(self.download, fmt),
-                filename=f"{self.basename}.{fmt}", label=fmt.upper(), color="light",
-                icon="download", width=90, height=32, visible=visible, margin=(2, 4),
-                css_classes=[f"wb-export-{fmt}"])
+                callback=callbacks[fmt], filename=f"{self.basename}.{fmt}", label=fmt.upper(),
+                color="light", icon="download", width=90, height=32, visible=visible,
+                margin=(2, 4), loading=self.param.rendering, css_classes=[f"wb-export-{fmt}"])
 
         return pn.Column(
             pn.Row(button("html"), *(button(f, self.images) for f in IMAGE_FORMATS),
