@@ -15,6 +15,7 @@ from workbench.backend.lowbit import pack_codes, signed_codes
 from workbench.backend.weightonly import pack_weight_only, to_sparse_codes
 from workbench.backend.native import available
 from workbench.backend.sparse import format_bytes, nm_pattern, to_bitmask, to_csr
+from workbench.errors import ParameterError
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
 from workbench.storage import information_bound_bits
@@ -413,3 +414,29 @@ def test_sparse_layers_fit_nm_by_chance_stay_unstructured():
     with torch.no_grad():
         lin.weight.copy_(w)
     assert compile_model(lin, "sparse", max_density=1.0).report.kernels() == {"": "csr"}
+
+
+def test_linear_chains_run_without_modules():
+    model = nn.Sequential(nn.Flatten(), sparse_linear(90, 40, 0.2), nn.ReLU(),
+                          nn.Dropout(0.5), sparse_linear(40, 7, 0.3)).eval()
+    cm = compile_model(model, "sparse", max_density=1.0)
+    assert any("chain" in n for n in cm.report.notes) and not isinstance(cm._run, nn.Module)
+    for batch in (1, 9, 70):
+        x = torch.randn(batch, 3, 30)
+        assert float((cm(x) - model(x)).abs().max()) < 1e-5
+    with pytest.raises(ParameterError, match="90 input features"):
+        cm(torch.randn(2, 89))
+    residual = nn.Sequential(sparse_linear(20, 20, 0.3))
+    assert not any("chain" in n for n in compile_model(
+        _Residual(residual), "sparse", max_density=1.0).report.notes)
+
+
+class _Residual(nn.Module):
+    """x + f(x): its leaves are Linear layers in order, but it is not a chain."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return x + self.f(x)

@@ -15,6 +15,8 @@ import threading
 import torch
 from torch import nn
 
+from workbench.errors import ParameterError
+
 PASS_THROUGH = (nn.Identity, nn.Dropout)
 
 
@@ -50,7 +52,8 @@ def chain_runner(model: nn.Module):
         b = x.shape[0]
         h = x.reshape(b, -1)
         if h.shape[1] != steps[0].in_features:
-            return model(x)  # not the shape this chain expects: let torch say why
+            raise ParameterError(f"this model takes {steps[0].in_features} input features per "
+                                 f"sample, got a batch of shape {tuple(x.shape)}")
         h = h.contiguous()
         buffers = getattr(local, "buffers", None)
         if buffers is None or buffers[0] != b:

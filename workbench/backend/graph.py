@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from workbench.backend.base import LayerReport
+from workbench.errors import ParameterError
 from workbench.quantize.activations import ActivationFakeQuant
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
@@ -166,12 +167,18 @@ class NativeLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv is None:
+            if x.shape[-1] != self.in_features:  # the kernels would read past the input
+                raise ParameterError(f"this layer takes {self.in_features} input features, "
+                                     f"got a batch of shape {tuple(x.shape)}")
             lead = x.shape[:-1]
             x2 = x.reshape(-1, x.shape[-1]).contiguous()
             y = torch.empty(x2.shape[0], self.out_features)
             self._kernel(x2, y, x2.shape[0], self.in_features, 1)
             return y.reshape(*lead, self.out_features)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.conv
+        if x.dim() != 4 or x.shape[1] * kh * kw != self.in_features:
+            raise ParameterError(f"this convolution takes {self.in_features // (kh * kw)} "
+                                 f"input channels, got a batch of shape {tuple(x.shape)}")
         b, c, h, w = x.shape
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1

@@ -195,21 +195,16 @@ class SparseLayer(NativeLayer):
             self.start, self.counts, self.idx, self.values = to_csr(w2)
             self.bytes = (5 * self.values.numel() + self.counts.numel() + 4 * self.start.numel()
                           + dense_bytes)
-            self.args = (self.start.data_ptr(), self.counts.data_ptr(), self.idx.data_ptr(),
-                         self.values.data_ptr(), self.bias.data_ptr())
+            self.operands = (self.start, self.counts, self.idx, self.values, self.bias)
             self.call = lib.wb_csr_spmm
         else:
             two_level = fmt == "bitmask-2level"
             self.packed = to_bitmask(w2, two_level)
             self.bytes = sum(t.numel() * t.element_size() for t in self.packed.values()) \
                 + dense_bytes
-            nib = self.packed.get("nibbles")
-            nptr = self.packed.get("nptr")
-            self.args = (int(two_level), self.packed["masks"].data_ptr(),
-                         None if nib is None else nib.data_ptr(),
-                         None if nptr is None else nptr.data_ptr(),
-                         self.packed["rowptr"].data_ptr(), self.packed["values"].data_ptr(),
-                         self.bias.data_ptr())
+            f = self.packed
+            self.operands = (int(two_level), f["masks"], f.get("nibbles"), f.get("nptr"),
+                             f["rowptr"], f["values"], self.bias)
             self.call = lib.wb_bitmask_spmm
 
     def _kernel(self, x, y, B, K, L):
@@ -224,14 +219,19 @@ class SparseLayer(NativeLayer):
             y.view_as(out).copy_(out)
             return
         work = self.work.get(work_floats(B * L, K))
-        self.call(*self.args, x.data_ptr(), y.data_ptr(), work.data_ptr(), B, K, L,
+        self.call(*self.pointers(), x.data_ptr(), y.data_ptr(), work.data_ptr(), B, K, L,
                   self.out_features, self.relu, self.nthreads())
+
+    def pointers(self) -> list:
+        """The weight operands as kernel arguments (taken per call: a copy of this module has
+        its own tensors)."""
+        return [t.data_ptr() if isinstance(t, torch.Tensor) else t for t in self.operands]
 
     def run_linear(self, x, y):
         """The kernel on a contiguous ``(B, K)`` batch into ``y`` (see ``chain.py``)."""
         b, k = x.shape
         work = self.work.get(work_floats(b, k))
-        self.call(*self.args, x.data_ptr(), y.data_ptr(), work.data_ptr(), b, k, 1,
+        self.call(*self.pointers(), x.data_ptr(), y.data_ptr(), work.data_ptr(), b, k, 1,
                   self.out_features, self.relu, self.nthreads())
 
     def extra_repr(self) -> str:
