@@ -121,4 +121,5 @@ def test_the_dashboard_sidebar_has_save_and_open(fresh_session, tmp_path):
     assert controls.save_now() is not None
     assert controls.open_now() is not None
     assert dash.state.session is not fresh_session and dash.state.variants == ["base"]
+    assert dash.session is dash.state.session  # the dashboard follows the reopened session
     assert "variants** 1" in dash.info()

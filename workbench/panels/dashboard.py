@@ -91,10 +91,17 @@ class Dashboard(pn.viewable.Viewer):
                                         sizing_mode="stretch_width", css_classes=["wb-tab-slot"])
                        for title in self.tabs}
         self._shown: set[str] = set()
+        # Open in the sidebar's workspace box replaces the state's session: follow it
+        self.state.param.watch(self._state_session_changed, "session")
 
     @param.depends("session", watch=True)
     def _session_changed(self):
-        self.state.session = self.session
+        if self.state.session is not self.session:
+            self.state.session = self.session
+
+    def _state_session_changed(self, event):
+        if self.session is not event.new:
+            self.session = event.new
 
     def show_tab(self, title: str) -> None:
         """Build the ``title`` tab's view into its slot, once (done on the tab's first opening)."""
