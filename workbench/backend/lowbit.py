@@ -150,13 +150,16 @@ class LowbitLayer(NativeLayer):
             else (0.0, 0)
         self.work = Workspace(torch.uint8)
         self.bytes = self.packed.numel() + 8 * o
-        # constant arguments of the kernel call, resolved once
-        self._consts = (self.packed.data_ptr(), self.bits, self.sw.data_ptr(),
-                        self.zw.data_ptr(), self.wsum.data_ptr(), self.bias.data_ptr())
+
+    def _consts(self):
+        """The weight arguments of the kernel call (read per call: a deep copy of this module
+        owns other tensors)."""
+        return (self.packed.data_ptr(), self.bits, self.sw.data_ptr(), self.zw.data_ptr(),
+                self.wsum.data_ptr(), self.bias.data_ptr())
 
     def _kernel(self, x, y, B, K, L):
         work = self.work.get(self.lib.wb_lowbit_work_bytes(B * L, self.kp))
-        self.lib.wb_lowbit_forward(x.data_ptr(), work.data_ptr(), *self._consts, y.data_ptr(),
+        self.lib.wb_lowbit_forward(x.data_ptr(), work.data_ptr(), *self._consts(), y.data_ptr(),
                                    B, L, self.out_features, K, self.kp, self.static[0],
                                    self.static[1], self.relu, int(self.conv is not None),
                                    self.nthreads())
