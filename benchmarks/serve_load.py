@@ -211,8 +211,12 @@ class DashboardPage:
         select = self.page.locator(".wb-method select")
         await select.select_option(name)
 
-        async def chosen():
-            return await select.input_value() == name
+        async def chosen():  # committed: the Select's Bokeh model holds it (see set_extra)
+            if await select.evaluate(_MODEL_VALUE_IS, name):
+                return True
+            if await select.input_value() == name:
+                await select.evaluate("e => e.dispatchEvent(new Event('change'))")
+            return False
 
         await wait_until(chosen, self.timeout, f"method {name}")
 

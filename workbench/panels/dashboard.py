@@ -29,7 +29,7 @@ import panel as pn
 import param
 
 from workbench.errors import ParameterError
-from workbench.panels.offline import OfflineFast
+from workbench.panels.offline import OfflineFast, serve_locally
 from workbench.panels.state import SessionState
 from workbench.panels.tabviews import TabFactory, TabViews, failed_tab
 from workbench.panels.variants import VariantManager
@@ -167,6 +167,7 @@ class Dashboard(pn.viewable.Viewer):
         """The template when served (``panel serve``), the inline dashboard in a notebook."""
         doc = pn.state.curdoc
         if doc is not None and doc.session_context is not None:  # a server session
+            serve_locally()  # `panel serve`: Panel's files from this server, not its CDN
             return self.template().servable(title=title or self.title, location=location)
         return self
 
