@@ -11,6 +11,7 @@ import time
 import numpy as np
 import panel as pn
 import pytest
+import torch
 
 from workbench.analysis import landscape_2d
 from workbench.cancel import Cancelled, CancelToken, on_step, tqdm
@@ -281,3 +282,38 @@ def test_subspace_cancel_between_gradient_batches(fresh_session):
     runner.join(WAIT)
     assert 1 <= panel.steps_run < 300  # one batch of samples, not all of them
     assert panel.results is previous and panel.status == CANCELLED and not panel.busy
+
+
+def _cancel_after(token: CancelToken, steps: list, after: int):
+    def hook(n):
+        steps.append(n)
+        if len(steps) >= after:
+            token.cancel()
+        token.check()
+    return hook
+
+
+def test_training_stops_at_the_next_batch_when_cancelled(default_session):
+    from workbench.train import fit
+
+    model = copy.deepcopy(default_session.base.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = default_session.data
+    token, steps = CancelToken(), []
+    with pytest.raises(Cancelled), on_step(_cancel_after(token, steps, 3)):
+        fit(model, data.x_train, data.y_train, epochs=5, batch_size=32, progress=False)
+    total = 5 * -(-len(data.x_train) // 32)
+    assert len(steps) == 3 < total
+    # it did train for the batches before the cancel
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_backend_benchmark_stops_between_repeats_when_cancelled(default_session):
+    from workbench.backend import benchmark
+
+    token, steps = CancelToken(), []
+    # compile + warm-up steps (1 + 1 batch size) for one engine, then repeats: cancel in repeat 2
+    with pytest.raises(Cancelled), on_step(_cancel_after(token, steps, 4)):
+        benchmark([default_session.base], engines=("torch",), batch_sizes=(1,), repeats=1000,
+                  warmup=1, progress=False)
+    assert len(steps) == 4

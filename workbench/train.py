@@ -6,8 +6,8 @@ from typing import Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from workbench.cancel import tqdm
 from workbench.errors import ParameterError
 
 

@@ -164,7 +164,7 @@ def benchmark(variants, engines=("torch", "onnxruntime", "sparse", "lowbit"),
     engine_options = engine_options or {}
     start = time.perf_counter()
 
-    from tqdm.auto import tqdm
+    from workbench.cancel import step, tqdm
 
     bar = tqdm(total=len(variants) * len(engines) * (1 + len(batch_sizes)),
                desc="benchmark", disable=not progress, leave=False)
@@ -207,6 +207,7 @@ def benchmark(variants, engines=("torch", "onnxruntime", "sparse", "lowbit"),
     for rep in range(repeats):
         if rep and time_budget is not None and time.perf_counter() - start > time_budget:
             break
+        step(0)  # a Cancel button stops the timing loop between repeats
         for row, cm, x, times in live:
             t0 = time.perf_counter()
             cm(x)
