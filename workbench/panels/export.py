@@ -201,8 +201,9 @@ class FigureExport(pn.viewable.Viewer):
 
         def button(fmt: str, visible: bool = True):
             return pn.widgets.FileDownload(
-                callback=callbacks[fmt], filename=f"{self.basename}.{fmt}", label=fmt.upper(),
-                color="light", icon="download", width=90, height=32, visible=visible,
+                callback=callbacks[fmt], filename=f"{self.basename}.{fmt}",
+                # a text arrow, not icon="download": Bokeh loads icon fonts from a CDN
+                label=f"\u2b07 {fmt.upper()}", color="light", width=90, height=32, visible=visible,
                 margin=(2, 4), loading=self.param.rendering, css_classes=[f"wb-export-{fmt}"])
 
         return pn.Column(
