@@ -168,7 +168,7 @@ def test_quickstart_runs_renders_and_responds(browser, lab):
     preview = dashboard.locator(".main-svg")  # the Compress tab's per-layer sparsity figure
     wait_until(lambda: preview.count() > 0, what="the dashboard's preview figure")
     handle.scroll_into_view_if_needed()
-    shot(dashboard, "02-dashboard")
+    shot(page, "02-dashboard")
 
     # --- the dashboard responds: slider → preview, Apply → a new variant in the sidebar ------
     handle.focus()
@@ -178,7 +178,7 @@ def test_quickstart_runs_renders_and_responds(browser, lab):
     moved = wait_until(lambda: accuracy.inner_text() != start and accuracy.inner_text(),
                        timeout=300, what="the preview to follow the slider")
     assert moved.strip().endswith("%")
-    shot(dashboard, "03-slider-moved")
+    shot(page, "03-slider-moved")
 
     options = dashboard.locator(".wb-variant-list select")
     names = options.evaluate("e => [...e.options].map(o => o.text)")
@@ -188,6 +188,6 @@ def test_quickstart_runs_renders_and_responds(browser, lab):
         timeout=300, what="Apply to add a variant")
     added = [n for n in after if n not in names]
     assert len(added) == 1 and added[0].startswith("magnitude"), added
-    shot(dashboard, "04-applied")
+    shot(page, "04-applied")
     assert errors == []
     page.close()
