@@ -131,16 +131,21 @@ async def wait_until(predicate, timeout: float, what: str):
         await asyncio.sleep(0.2)
 
 
-# Watches an Alert's shadow DOM and remembers whether its text was ever empty since the last
-# reset (an observer sees every update the server sends, a poll could miss a short one).
-_WATCH_CLEARED = """(e, reset) => {
-    const empty = () => !(e.shadowRoot || e).querySelector('p, li, pre, code');
-    if (e.__wbCleared === undefined) {
-        new MutationObserver(() => { if (empty()) e.__wbCleared = true; }).observe(
-            e.shadowRoot || e, {childList: true, subtree: true, characterData: true});
+# Watches an Alert's shadow DOM: "old" (text on show at the last reset), "cleared" (empty since),
+# "shown" (text again after being empty). A MutationObserver sees every update the server sends
+# (a poll could miss a short one), and the state is read in one evaluation, so it cannot
+# interleave with an update the way two separate reads (text, then "was it cleared?") can.
+_WATCH_ERROR = """(e, reset) => {
+    const root = e.shadowRoot || e;
+    const empty = () => !root.querySelector('p, li, pre, code');
+    if (e.__wbError === undefined) {
+        new MutationObserver(() => {
+            if (empty()) e.__wbError = "cleared";
+            else if (e.__wbError === "cleared") e.__wbError = "shown";
+        }).observe(root, {childList: true, subtree: true, characterData: true});
     }
-    if (reset || e.__wbCleared === undefined) e.__wbCleared = empty();
-    return e.__wbCleared;
+    if (reset || e.__wbError === undefined) e.__wbError = empty() ? "cleared" : "old";
+    return e.__wbError;
 }"""
 
 
@@ -251,27 +256,31 @@ class DashboardPage:
             return ""
         return (await alert.locator("p, div").first.inner_text()).strip()
 
-    async def _error_cleared(self, reset: bool = False) -> bool:
-        """True once the error Alert's text was empty since the last ``reset``."""
-        return await self.page.locator(".wb-error").evaluate(_WATCH_CLEARED, reset)
+    async def _error_state(self, reset: bool = False) -> str:
+        """The error Alert since the last ``reset``: "old", "cleared" or "shown" (_WATCH_ERROR)."""
+        return await self.page.locator(".wb-error").evaluate(_WATCH_ERROR, reset)
 
     async def apply(self) -> str:
         """Press Apply; the new variant's name, or :class:`ApplyFailed` with the Alert's text.
 
         Apply clears the error before it runs, so an error on show counts as this Apply's once
-        the Alert was seen empty after the click (or its text is new).
+        the Alert showed text again after it was seen empty (or its text is new). Reading the
+        text, then separately whether the Alert was cleared, would race with the server: the
+        previous error read just before the Apply's clear arrives, "cleared" just after, and a
+        stale error taken for this Apply's (the Apply itself had the right settings).
         """
         before = set(await self.variants())
         previous = await self.error()
-        await self._error_cleared(reset=True)
+        await self._error_state(reset=True)
         await self.page.locator(".wb-apply button").click()
 
         async def outcome():
             new = [n for n in await self.variants() if n not in before]
             if new:
                 return ("added", new[0])
+            shown = await self._error_state() == "shown"  # then the text on show is new
             err = await self.error()
-            if err and (err != previous or await self._error_cleared()):
+            if err and (shown or err != previous):
                 return ("error", err)
             return None
 

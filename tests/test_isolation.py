@@ -121,11 +121,6 @@ def test_two_browser_sessions_see_only_their_own_variants(dashboard_url):
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.flaky(reason=(
-    "about 1 run in 4 under load, Apply runs with the previous YAML box / method on the server "
-    "although the page's Bokeh models already hold the new values (the driver checks that): "
-    "the server handles the Apply click before the pending widget changes. Panel's "
-    "_server_change debounce / _event_coroutine ordering is the suspect; not yet fixed"))
 def test_a_failing_apply_shows_its_error_and_the_rest_keeps_working(dashboard_url):
     async def scenario(browser):
         dash, errors = await open_dashboard(browser, dashboard_url)
