@@ -90,11 +90,11 @@ OVERLAPS = "slack => {" + JS_LIB + """
 }"""
 
 # Controls reaching past the edge of the page or of a clipping container. Only a widget's own
-# scroller with a visible scrollbar (a wide table) may hold a control out of sight; a layout that
-# scrolls sideways, or a scroller with a hidden scrollbar (Bokeh's tab headers), does not count.
+# scroller (a wide table) may hold a control out of sight: a layout that scrolls sideways does
+# not count, nor do tab headers scrolled out of sight (headless Chromium, like macOS, shows no
+# scrollbar, so nothing tells the user that more tabs exist).
 CUT_OFF = "slack => {" + JS_LIB + """
   const page = document.documentElement, out = [];
-  const px = (s, k) => parseFloat(s[k]) || 0;
   for (const c of controls) {
     const r = c.getBoundingClientRect();
     let cut = null;
@@ -105,12 +105,9 @@ CUT_OFF = "slack => {" + JS_LIB + """
     }
     if (!cut && (r.right > page.clientWidth + slack || r.left < -slack)) cut = page;
     if (!cut) continue;
-    const s = getComputedStyle(cut);
-    const bar = cut.offsetHeight - cut.clientHeight - px(s, 'borderTopWidth')
-                - px(s, 'borderBottomWidth') > 0;
-    const own = owner(c);
-    if (cut !== page && own && holds(own, cut) && bar && ['auto', 'scroll'].includes(s.overflowX))
-      continue;
+    const own = owner(c), tab = c.matches('.bk-tab, [role=tab]');
+    if (cut !== page && own && holds(own, cut) && !tab
+        && ['auto', 'scroll'].includes(getComputedStyle(cut).overflowX)) continue;
     out.push(describe(c) + ' reaches past ' + describe(cut));
   }
   return out;
@@ -220,3 +217,39 @@ def test_no_overlap_no_cut_off_controls(browser, dashboard_url, width, height):
     assert problems == [], f"{len(problems)} layout problems at {width}×{height}:\n" + \
         "\n".join(problems)
     assert errors == []
+
+
+# A page with one planted defect of each kind, each control in its own shadow root (as Bokeh
+# renders them): the checks above must find exactly these, so they cannot pass vacuously.
+PLANTED = """<body style="margin:0"><div id="app"></div><script>
+const widget = (parent, html, style = '') => {
+  const host = document.createElement('div'); host.style.cssText = style;
+  parent.appendChild(host); host.attachShadow({mode: 'open'}).innerHTML = html; return host; };
+const app = document.getElementById('app');
+widget(app, '<button>fine</button>', 'position:absolute; left:10px; top:10px');
+widget(app, '<button style="width:80px">under</button>', 'position:absolute; left:10px; top:60px');
+widget(app, '<button style="width:80px">over</button>', 'position:absolute; left:50px; top:70px');
+const clip = widget(app, '<div style="width:100px; overflow:hidden"><button style="margin-left:'
+  + '150px">clipped</button></div>', 'position:absolute; left:10px; top:120px');
+widget(app, '<div style="width:100px; overflow-x:scroll"><button style="margin-left:150px">'
+  + 'scrolled</button></div>', 'position:absolute; left:10px; top:170px');
+widget(app, '<div style="width:100px; overflow-x:auto; display:flex"><div class="bk-tab" '
+  + 'style="min-width:80px">one</div><div class="bk-tab" style="min-width:80px">two</div></div>',
+  'position:absolute; left:200px; top:10px');
+widget(app, '<input value="hidden">', 'position:absolute; left:10px; top:240px');
+widget(app, '<div style="width:200px; height:40px; background:red"></div>',
+  'position:absolute; left:0; top:230px');
+</script></body>"""
+
+
+def test_checks_find_planted_defects(browser):
+    page = browser.new_page(viewport={"width": 400, "height": 400})
+    page.set_content(PLANTED)
+    overlaps = page.evaluate(OVERLAPS, SLACK)
+    assert len(overlaps) == 1 and '"under"' in overlaps[0] and '"over"' in overlaps[0]
+    cut = page.evaluate(CUT_OFF, SLACK)
+    assert [c.split(" in ")[0] for c in cut] == ['button "clipped"', 'div.bk-tab "two"'], cut
+    covered = page.evaluate(COVERED)
+    assert [c.split(" in ")[0] for c in covered] == ['button "under"', 'input "hidden"'], covered
+    assert "covered by button" in covered[0] and "covered by div" in covered[1]
+    page.close()
