@@ -69,10 +69,6 @@ def wait_until(predicate, what: str, timeout: float = TIMEOUT_MS / 1000):
     return value
 
 
-@pytest.mark.flaky(reason=(
-    "still open: with several sessions at once Panel 1.9 sometimes gives a session's component "
-    "stylesheets cdn.holoviz.org URLs (not in the page HTML: in later model updates), and "
-    "Bokeh's TablerIcon (the export buttons' 'download' icon) loads cdn.jsdelivr.net CSS"))
 def test_every_tab_loads_from_the_server_alone_and_is_styled(browser, dashboard_url):
     from workbench.panels.dashboard import TABS
 

@@ -547,8 +547,11 @@ class SampleAnalysisPanel(AnalysisPanel):
 
     def outputs_with_samples(self, *items):
         """``items`` followed by the sample view."""
-        return pn.Column(*items, pn.layout.Divider(), self.sample_view,
-                         sizing_mode="stretch_width")
+        # An <hr>, not pn.layout.Divider: a Divider added to a page after its first render keeps
+        # its stylesheet's CDN URL (Panel rewrites it to the local copy only at first render).
+        rule = pn.pane.HTML("<hr style='border: none; border-top: 1px solid #ddd'>",
+                            sizing_mode="stretch_width", margin=(5, 10))
+        return pn.Column(*items, rule, self.sample_view, sizing_mode="stretch_width")
 
 
 __all__ = ["SampleSelection", "Record", "shared_selection", "SampleInfo", "VariantSample",
