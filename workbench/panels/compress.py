@@ -58,6 +58,8 @@ from workbench.widgets.panel import LayerEditorPanel
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = {"prune": "magnitude", "quantize": "uniform"}
+# The what-if table next to the accuracy: small print, and it scrolls rather than overflowing.
+COMPACT_TABLE = ":host { overflow-x: auto; max-width: 100%; } table { font-size: 0.85em; }"
 
 #: One worker for every panel's what-if: the computations queue instead of competing for the
 #: (few, shared) cores, and superseded ones are skipped when their turn comes.
@@ -598,7 +600,8 @@ class CompressPanel(pn.viewable.Viewer):
         )
         result = pn.Column(
             pn.pane.Markdown("### Preview", margin=(0, 10)),
-            pn.Row(
+            # wraps: on a 1024 px screen the what-if table goes below the accuracy, not off-page
+            pn.FlexBox(
                 pn.indicators.Number(label="Accuracy", value=self._accuracy_pct,
                                      format="{value:.1f}%", font_size="48pt", title_size="14pt",
                                      visible=self._has_preview,
@@ -610,10 +613,12 @@ class CompressPanel(pn.viewable.Viewer):
                                             visible=self.param.whatif_pending, margin=(0, 5)),
                            css_classes=["wb-whatif-pending"]),
                     pn.pane.Markdown(self._whatif_text, visible=self._has_whatif,
-                                     css_classes=["wb-whatif"]),
+                                     css_classes=["wb-whatif"], stylesheets=[COMPACT_TABLE]),
                     pn.pane.Alert(self.param.whatif_note, alert_type="warning",
                                   visible=self._has_whatif_note),
+                    min_width=260, sizing_mode="stretch_width",
                 ),
+                sizing_mode="stretch_width",
             ),
             pn.pane.HTML(self._delta_text, visible=self._has_preview),
             pn.pane.Markdown(self._details, visible=self._has_preview),
