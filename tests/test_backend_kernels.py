@@ -141,9 +141,10 @@ def test_nm_kernels_match_dense(n, m):
     p = PRUNERS["nm"](model, n=n, m=m)
     assert nm_pattern(p.masks["0"].float()) == (n, m) or n / m < 0.5
     cm = compile_model(p.model, "sparse", masks=p.masks, max_density=1.0)
-    # every N:M pattern is stored as a flat bitmask (1 bit per weight + the kept values)
+    # 2:4 runs on its own kernel, other N:M patterns as a flat bitmask
     assert cm.report.kernels()["0"] == f"nm-{n}:{m}"
-    assert "bitmask" in cm.report.layers[0].reason
+    assert ("2:4 kernel" if (n, m) == (2, 4) else "stored as a bitmask") in \
+        cm.report.layers[0].reason
     for batch in (1, 5, 13, 64):
         x = torch.randn(batch, 64)
         assert float((cm(x) - p.model(x)).abs().max()) < 1e-5
@@ -440,3 +441,29 @@ class _Residual(nn.Module):
 
     def forward(self, x):
         return x + self.f(x)
+
+
+@pytest.mark.parametrize("o,k", [(1, 4), (3, 8), (7, 68), (33, 256), (130, 1024)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nm24_kernel_matches_torch(o, k, threads):
+    """Random 2:4 Linear+ReLU on the dedicated 2:4 kernel (row tails of 1-3 rows, groups
+    keeping 0, 1 or 2 weights) against float64 torch for batch sizes 1..130."""
+    g = torch.Generator().manual_seed(o * k)
+    w = torch.randn(o, k // 4, 4, generator=g)
+    keep = torch.rand(o, k // 4, 4, generator=g).argsort(-1) < 2
+    w = (w * keep).reshape(o, k)
+    w[1:, : min(k, 8)] *= torch.rand(o - 1, min(k, 8), generator=g) < 0.5  # groups keeping < 2
+    lin = nn.Linear(k, o)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    model = nn.Sequential(lin, nn.ReLU()).eval()
+    # formats=("bitmask",): tiny layers would otherwise count as "2:4 by chance" (csr)
+    cm = compile_model(model, "sparse", max_density=1.0, formats=("bitmask",), threads=threads)
+    assert cm.report.kernels() == {"0": "nm-2:4"}
+    assert "2:4 kernel" in cm.report.layers[0].reason
+    for batch in (1, 2, 7, 8, 15, 16, 17, 33, 64, 65, 100, 130):
+        x = torch.randn(batch, k, generator=g)
+        ref = torch.relu(x.double() @ w.double().T + lin.bias.double())
+        out = cm(x)
+        assert out.shape == (batch, o)
+        assert float((out.double() - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
