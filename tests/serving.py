@@ -18,6 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 120.0
 
 
+def wait_until(predicate, timeout: float = 120.0, what: str = "condition", every: float = 0.2):
+    """Poll ``predicate()`` until it returns something truthy (returned), or fail after
+    ``timeout`` seconds naming ``what``. Generous by default: a bound for a loaded machine, never a
+    timing assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,11 +5,10 @@ CI installs ``chromium``; a missing browser is a failure, not a skip.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
-from serving import REPO, free_port, running, workbench_command
+from serving import REPO, free_port, running, wait_until, workbench_command
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,16 +29,6 @@ def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
-
-def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_compress_apply_and_compare(browser, dashboard_url):

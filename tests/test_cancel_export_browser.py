@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 
 import pytest
 
-from serving import free_port, running
+from serving import free_port, running, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -40,16 +39,6 @@ def app_url(tmp_path_factory):
                   "--allow-websocket-origin", f"127.0.0.1:{port}"], url):
         yield url
 
-
-def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_cancel_then_run_and_download(browser, app_url, tmp_path):

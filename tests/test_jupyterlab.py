@@ -14,11 +14,10 @@ import json
 import re
 import secrets
 import shutil
-import time
 
 import pytest
 
-from serving import REPO, free_port, get, running
+from serving import REPO, free_port, get, running, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -31,16 +30,6 @@ PLACEHOLDER = re.compile(r"Loading widget|Loading(\.\.\.|…)")
 SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
             {"fetchNews": "false", "checkForUpdates": False}}
 
-
-def wait_until(predicate, timeout: float = 120.0, what: str = "condition", every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def shot(target, name: str) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from serving import REPO, free_port, running, workbench_command
+from serving import REPO, free_port, running, wait_until, workbench_command
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -135,16 +135,6 @@ BOXES = """() => { const box = s => { const e = document.querySelector(s); if (!
   return {sidebar: box('#sidebar'), main: box('#main'), width: innerWidth,
           scrollWidth: document.documentElement.scrollWidth}; }"""
 
-
-def wait_until(predicate, timeout: float = 120.0, what: str = "condition", every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def settled(page, what: str, quiet: float = 1.5, timeout: float = 180.0) -> None:

@@ -7,13 +7,12 @@ dashboard's template and tabs.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 import sys
 
-from serving import REPO, free_port, running
+from serving import REPO, free_port, running, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,16 +28,6 @@ def dashboard_url():
     with running([sys.executable, str(REPO / "tests" / "compress_app.py"), str(port)], url):
         yield url
 
-
-def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def mean_corruption_error(table) -> str:

@@ -7,13 +7,12 @@ the Python side itself. Screenshots go to test-artifacts/. A missing Chromium is
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 
-from serving import REPO, free_port
+from serving import REPO, free_port, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,16 +28,6 @@ def answers(url: str) -> bool:
     except OSError:
         return False
 
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
