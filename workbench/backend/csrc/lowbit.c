@@ -311,12 +311,54 @@ MK_BITS(4)
 MK_BITS(2)
 MK_BITS(1)
 
+#if WB_VNNI
+/* 8-bit codes, NR rows x 32 outputs with every accumulator a named variable: gcc keeps the
+ * generic MK's accumulator arrays partly on the stack (a spill and reload in every k step);
+ * this runs the batch-64 1024² product 2-9 % faster (min / median, loaded 2-core machine). */
+#define ACC_DECL(r) __m512i c##r##a = _mm512_setzero_si512(), c##r##b = _mm512_setzero_si512();
+#define ACC_STEP(r)                                                                            \
+    {                                                                                          \
+        __m512i xb = _mm512_set1_epi32(*(const int32_t *)(x0 + (r) * Kp + 4 * l));             \
+        c##r##a = _mm512_dpbusd_epi32(c##r##a, xb, w0);                                        \
+        c##r##b = _mm512_dpbusd_epi32(c##r##b, xb, w1);                                        \
+    }
+#define ACC_OUT(r)                                                                             \
+    _mm512_store_si512((void *)out, c##r##a);                                                  \
+    _mm512_store_si512((void *)(out + 16), c##r##b);                                           \
+    store_block(p, out, n0 + (r), ob, sx, zx, xsum, y);
+#define ROWS4(M) M(0) M(1) M(2) M(3)
+#define ROWS8(M) ROWS4(M) M(4) M(5) M(6) M(7)
+#define MK8(NR)                                                                                \
+    static __attribute__((noinline)) void mk8_##NR(const wb_packed *p, const uint8_t *xq,    \
+                                                   int64_t n0, int64_t ob, const float *sx,    \
+                                                   const int32_t *zx, const int32_t *xsum,     \
+                                                   float *y) {                                 \
+        ROWS##NR(ACC_DECL)                                                                     \
+        const int64_t Kp = p->Kp, nloads = Kp / 4;                                             \
+        const uint8_t *w = p->w + ob * nloads * 128;                                           \
+        const uint8_t *x0 = xq + n0 * Kp;                                                      \
+        for (int64_t l = 0; l < nloads; l++) {                                                 \
+            __m512i w0 = _mm512_load_si512((const void *)(w + 128 * l));                       \
+            __m512i w1 = _mm512_load_si512((const void *)(w + 128 * l + 64));                  \
+            ROWS##NR(ACC_STEP)                                                                 \
+        }                                                                                      \
+        int32_t out[32] __attribute__((aligned(64)));                                          \
+        ROWS##NR(ACC_OUT)                                                                      \
+    }
+MK8(8)
+MK8(4)
+#endif
+
 typedef void (*mk_fn)(const wb_packed *, const uint8_t *, int64_t, int64_t, const float *,
                       const int32_t *, const int32_t *, float *);
 
 static mk_fn pick(int nr, int bits) {
 #define PICK(BITS) \
     if (bits == BITS) return nr == 8 ? mk_8_##BITS : (nr == 4 ? mk_4_##BITS : (nr == 2 ? mk_2_##BITS : mk_1_##BITS));
+#if WB_VNNI
+    if (bits == 8 && nr == 8) return mk8_8;
+    if (bits == 8 && nr == 4) return mk8_4;
+#endif
     PICK(8) PICK(4) PICK(2) PICK(1)
 #undef PICK
     return 0;
