@@ -51,6 +51,10 @@ SIGNATURES = {
                                  ctypes.c_float, _I, _I, _I, _I]),
     "wb_binarize_columns": (None, [_P, _P, _P, _L, _L, _L, _L, _I]),
     "wb_xnor_gemm": (None, [_P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I, _I]),
+    "wb_wq_gemm": (None, [_P, _P, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I]),
+    "wb_wq_sparse_work": (_L, [_L, _L]),
+    "wb_wq_sparse": (None, [_P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I,
+                            _I]),
 }
 
 _lock = threading.Lock()
