@@ -65,8 +65,14 @@ def register_tab(title: str, factory: TabFactory, *, replace: bool = False) -> N
 
 
 def load_extensions() -> None:
-    """Load the Panel extensions the dashboard uses (plotly, tabulator) into the page/notebook."""
-    pn.extension(*EXTENSIONS, notifications=False)
+    """Load the Panel extensions the dashboard uses (plotly, tabulator) into the page/notebook.
+
+    In a notebook the JavaScript is embedded (``inline``) so the dashboard renders without
+    internet; a server serves it from its own ``static/`` files instead (:func:`serve_locally`).
+    """
+    doc = pn.state.curdoc
+    served = doc is not None and doc.session_context is not None
+    pn.extension(*EXTENSIONS, notifications=False, inline=not served)
 
 
 class Dashboard(pn.viewable.Viewer):
