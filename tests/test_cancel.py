@@ -317,3 +317,24 @@ def test_backend_benchmark_stops_between_repeats_when_cancelled(default_session)
         benchmark([default_session.base], engines=("torch",), batch_sizes=(1,), repeats=1000,
                   warmup=1, progress=False)
     assert len(steps) == 4
+
+
+def test_compress_apply_with_fine_tuning_can_be_cancelled(fresh_session):
+    from workbench.panels.compress import CompressPanel
+
+    panel = CompressPanel(state=SessionState(session=fresh_session))
+    panel.param.update(method="magnitude", sparsity=0.5, finetune_epochs=100)
+    before = list(fresh_session.variants)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(asyncio.run(panel.apply_async())))
+    worker.start()
+    wait_for(lambda: panel.busy, "Apply to start")
+    panel.param.trigger("cancel")
+    worker.join(WAIT)
+    assert results == [None] and not panel.busy
+    assert panel.notice.startswith("Cancelled") and panel.error == ""
+    assert list(fresh_session.variants) == before
+    # and the next Apply works
+    panel.param.update(finetune_epochs=0)
+    variant = asyncio.run(panel.apply_async())
+    assert variant is not None and variant.name in fresh_session.variants and panel.notice == ""

@@ -44,8 +44,10 @@ import panel as pn
 import param
 
 import workbench
+from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError, WorkbenchError
 from workbench.metrics import Metrics
+from workbench.panels.export import plotly_pane
 from workbench.panels.state import SessionState
 from workbench.plots.compare import layer_sparsity_figure
 from workbench.analysis.whatif import WhatIf
@@ -95,11 +97,13 @@ class CompressPanel(pn.viewable.Viewer):
     extra = param.String(default="", label="Extra parameters (YAML)",
                          doc="More method parameters, e.g. 'min_keep: 0.05'.")
     apply = param.Event(label="Apply")
+    cancel = param.Event(label="Cancel", doc="Stop a running Apply (fine-tuning) at its next step.")
 
     preview_metrics = param.ClassSelector(class_=Metrics, default=None, allow_None=True,
                                           doc="Metrics the current settings would give.")
     preview_note = param.String(default="", doc="Why there is no preview (e.g. 'press Apply').")
     error = param.String(default="", doc="The last Apply error ('' if it worked).")
+    notice = param.String(default="", doc="E.g. that the last Apply was cancelled.")
     last_added = param.String(default="", doc="Name of the last variant Apply added.")
     busy = param.Boolean(default=False, doc="Apply is running.")
 
@@ -119,6 +123,7 @@ class CompressPanel(pn.viewable.Viewer):
         if self.state is None:
             raise ParameterError("CompressPanel needs a SessionState (state=...)")
         self._whatif_token = 0
+        self._apply_token: CancelToken | None = None
         self._whatif_tasks: set = set()
         self._editor_for: tuple | None = None  # (kind, parent) the editor's layers belong to
         self.layer_editor = LayerEditorPanel(sizing_mode="stretch_width")
@@ -403,12 +408,16 @@ class CompressPanel(pn.viewable.Viewer):
         """As :meth:`apply_now`, but builds the variant in a worker thread (the UI stays live)."""
         if self.busy:
             return None
-        self.param.update(busy=True, error="")
+        token = self._apply_token = CancelToken()  # before busy: Cancel shows with busy
+        self.param.update(busy=True, error="", notice="")
         try:
             params = self._apply_request()
             loop = asyncio.get_running_loop()
             variant = await loop.run_in_executor(
-                None, partial(self.state.create, self.kind, self.method, **params))
+                None, partial(self._create, token, self.kind, self.method, **params))
+        except Cancelled:
+            self.notice = "Cancelled: no variant was added."
+            return None
         except Exception as err:  # noqa: BLE001
             self.error = error_message(err)
             return None
@@ -417,9 +426,19 @@ class CompressPanel(pn.viewable.Viewer):
         self._added(variant)
         return variant
 
+    def _create(self, token: CancelToken, kind: str, method: str, **params) -> Variant:
+        # on_step is per thread: it must be entered in the worker thread that does the work
+        with on_step(token.check):
+            return self.state.create(kind, method, **params)
+
+    @param.depends("cancel", watch=True)
+    def _on_cancel(self):
+        if self.busy and self._apply_token is not None:
+            self._apply_token.cancel()
+
     def _added(self, variant: Variant) -> None:
         self.state.added(variant.name)
-        self.param.update(last_added=variant.name, variant_name="", error="")
+        self.param.update(last_added=variant.name, variant_name="", error="", notice="")
 
     @param.depends("apply", watch=True)
     async def _on_apply(self):
@@ -476,6 +495,10 @@ class CompressPanel(pn.viewable.Viewer):
     def _shows_layers(self) -> bool:
         return (self.preview_metrics is not None and self.kind == "prune"
                 and self.parent in self.state.session.variants)
+
+    @param.depends("notice")
+    def _has_notice(self) -> bool:
+        return bool(self.notice)
 
     @param.depends("error")
     def _has_error(self) -> bool:
@@ -588,12 +611,16 @@ class CompressPanel(pn.viewable.Viewer):
             w.TextInput.from_param(self.param.variant_name, placeholder="automatic"),
             w.TextAreaInput.from_param(self.param.extra, placeholder="min_keep: 0.05",
                                        height=70),
-            w.Button.from_param(self.param.apply, color="primary", loading=self.param.busy,
-                                css_classes=["wb-apply"]),
+            pn.Row(w.Button.from_param(self.param.apply, color="primary", loading=self.param.busy,
+                                       css_classes=["wb-apply"]),
+                   w.Button.from_param(self.param.cancel, color="warning",
+                                       visible=self.param.busy, css_classes=["wb-cancel"])),
             pn.indicators.Progress(value=-1, active=self.param.busy, visible=self.param.busy,
                                    sizing_mode="stretch_width", height=12),
             pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error,
                           css_classes=["wb-error"]),
+            pn.pane.Alert(self.param.notice, alert_type="info", visible=self._has_notice,
+                          css_classes=["wb-notice"]),
             pn.pane.Alert(self._added_text, alert_type="success",
                           visible=self._has_added, css_classes=["wb-added"]),
             width=340,
@@ -627,8 +654,8 @@ class CompressPanel(pn.viewable.Viewer):
             pn.Column(pn.pane.Markdown("#### Per layer", margin=(0, 10)), self.layer_editor,
                       visible=self._shows_editor, sizing_mode="stretch_width",
                       css_classes=["wb-layer-editor"]),
-            pn.pane.Plotly(self._layer_figure, visible=self._shows_layers, height=380,
-                           sizing_mode="stretch_width"),
+            plotly_pane(self._layer_figure, "compress-layers", visible=self._shows_layers,
+                        height=380, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
         return pn.Row(controls, result, sizing_mode="stretch_width")

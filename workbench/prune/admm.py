@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from workbench.cancel import step
 from workbench.prune.base import (Pruned, check_scope, check_sparsity, clone, layer_targets,
                                   masks_from_scores, positive_float, positive_int,
                                   prunable_layers, register_pruner, require_data)
@@ -82,6 +83,7 @@ def admm(model, sparsity, *, data=None, scope="layer", exclude=(), seed=0, rho: 
                 penalty = sum(((w - z[n] + u[n]) ** 2).sum() for n, w in weights.items())
                 (loss_fn(work(xb), yb) + rho / 2 * penalty).backward()
                 opt.step()
+                step()  # a Cancel button stops here
             w_now = {n: w.detach() for n, w in weights.items()}
             z, masks = project({n: w_now[n] + u[n] for n in w_now}, sparsity, scope, per_layer)
             u = {n: u[n] + w_now[n] - z[n] for n in w_now}
