@@ -92,12 +92,27 @@ def test_every_panel_exports_its_figures_as_html_png_and_svg(name, state, render
         assert panel.error == ""
     menus = built(panel)
     assert menus, f"{name}: no exportable figure"
-    assert all(m.basename.startswith(tuple(PANELS) + ("variants", "accuracy", "sparsity"))
+    assert all(m.basename.startswith(tuple(PANELS) + ("variants", "accuracy", "sparsity",
+                                                      "sample"))
                for m in menus)
     check_menu(menus[0])
     for menu in menus[1:]:  # every other figure at least as HTML
         fig = menu.figure()
         assert trace_json(fig).encode() in menu.download("html").read()
+
+
+def test_the_sample_view_and_the_compress_panel_export_their_figures(state):
+    from workbench.panels.compress import CompressPanel
+    from workbench.panels.samples import SampleView, shared_selection
+
+    view = SampleView(state=state, selection=shared_selection(state))
+    names = {m.basename for m in export_menus(view.__panel__())}
+    assert {"sample-relevance", "sample-outcomes"} <= names
+    compress = CompressPanel(state=state)
+    menus = {m.basename: m for m in export_menus(compress.__panel__())}
+    fig = menus["compress-layers"].figure()
+    assert fig is not None and trace_json(fig).encode() in menus["compress-layers"].download(
+        "html").read()
 
 
 def test_the_camera_button_saves_the_chosen_format():

@@ -48,6 +48,7 @@ import torch
 from workbench.errors import ParameterError
 from workbench.panels.analysis_base import AnalysisPanel, Job
 from workbench.panels.compress import error_message
+from workbench.panels.export import plotly_pane
 from workbench.panels.state import SessionState
 from workbench.session import BASE, Session
 
@@ -444,9 +445,9 @@ class SampleView(pn.viewable.Viewer):
             pn.pane.Markdown(self.header),
             pn.pane.DataFrame(self.table, index=False, float_format="{:.3f}".format,
                               visible=self._has_info, sizing_mode="stretch_width"),
-            pn.pane.Plotly(self.relevance_figure, visible=self._has_image),
-            pn.pane.Plotly(self.outcomes_figure, visible=self._has_outcomes,
-                           sizing_mode="stretch_width"),
+            plotly_pane(self.relevance_figure, "sample-relevance", visible=self._has_image),
+            plotly_pane(self.outcomes_figure, "sample-outcomes", visible=self._has_outcomes,
+                        sizing_mode="stretch_width"),
             pn.pane.Markdown(self.notes),
             sizing_mode="stretch_width", css_classes=["wb-sample-view"])
 
