@@ -207,10 +207,10 @@ class FigureExport(pn.viewable.Viewer):
                 margin=(2, 4), loading=self.param.rendering, css_classes=[f"wb-export-{fmt}"])
 
         return pn.Column(
-            pn.Row(button("html"), *(button(f, self.images) for f in IMAGE_FORMATS),
-                   pn.widgets.RadioButtonGroup.from_param(
-                       self.param.camera, color="light", visible=not self.images,
-                       width=110, height=32, margin=(2, 4))),
+            pn.FlexBox(button("html"), *(button(f, self.images) for f in IMAGE_FORMATS),
+                       pn.widgets.RadioButtonGroup.from_param(
+                           self.param.camera, color="light", visible=not self.images,
+                           width=110, height=32, margin=(2, 4))),  # wraps in narrow columns
             pn.pane.Alert(self.param.message, alert_type="info", visible=self._has_message,
                           margin=(0, 4), css_classes=["wb-export-message"]),
             sizing_mode="stretch_width", css_classes=["wb-export"])
