@@ -266,6 +266,23 @@ def test_weight_only_linear_matches_float64_oracle(method, bits, kw, batch, thre
     assert float((cm(x).double() - ref).abs().max()) < 1e-5 * float(ref.abs().max()) + 1e-6
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("batch", [1, 3, 9])
+def test_weight_only_int4_long_fan_in_matches_float64_oracle(symmetric, batch):
+    """The 4-bit layout (offset-binary nibbles, x pre-scaled per input) over a long fan-in
+    that is not a multiple of 8 and outputs that are not a multiple of 16, 1 and 2 threads."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(4101, 35))
+    q = QUANTIZERS["uniform"](model, 4, symmetric=symmetric)
+    w = q.layers["0"].dequantize().double()
+    x = torch.randn(batch, 4101) * 3
+    ref = x.double() @ w.T + q.model[0].bias.double()
+    for threads in (1, 2):
+        cm = compile_model(q.model, "lowbit", quant=q.layers, threads=threads)
+        assert cm.report.kernels() == {"0": "int4-fp32"}
+        assert float((cm(x).double() - ref).abs().max()) < 1e-5 * float(ref.abs().max()) + 1e-6
+
+
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
 @pytest.mark.parametrize("bits", [8, 4, 2])
 @pytest.mark.parametrize("batch", [1, 3, 4, 5, 16, 17, 40])
@@ -295,6 +312,14 @@ def test_weight_only_and_sparse_layouts_round_trip():
         lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         d = torch.randint(lo, hi + 1, (37, 21), dtype=torch.int32)
         packed = pack_weight_only(d, bits).numpy()
+        if bits == 4:  # blocks of 16 outputs, groups of 8 inputs, offset-binary nibbles
+            words = packed.view("<u4").reshape(3, 3, 16)
+            assert packed.size == 3 * 3 * 64
+            for o in range(48):
+                for k in range(24):
+                    f = (int(words[o // 16, k // 8, o % 16]) >> (4 * (k % 8))) & 15
+                    assert f - 8 == (int(d[o, k]) if o < 37 and k < 21 else -8)
+            continue
         g = 8 // bits
         loads = -(-21 // g)
         assert packed.size == 64 * loads  # 2 blocks of 32 outputs, one byte per load

@@ -52,6 +52,7 @@ SIGNATURES = {
     "wb_binarize_columns": (None, [_P, _P, _P, _L, _L, _L, _L, _I]),
     "wb_xnor_gemm": (None, [_P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I, _I]),
     "wb_wq_gemm": (None, [_P, _P, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I]),
+    "wb_wq_work": (_L, [_I, _L, _L]),
     "wb_wq_sparse_work": (_L, [_L, _L]),
     "wb_wq_sparse": (None, [_P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I,
                             _I]),

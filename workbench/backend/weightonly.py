@@ -37,13 +37,15 @@ def pack_weight_only(fields: torch.Tensor, bits: int) -> torch.Tensor:
     Examples
     --------
     >>> import torch
-    >>> packed = pack_weight_only(torch.tensor([[1, -2, 3]], dtype=torch.int32), 4)
-    >>> packed.numel()  # 32 outputs x 2 loads (of 2 inputs) x 1 byte
-    64
-    >>> hex(int(packed[0])), hex(int(packed[32]))  # input 1 in the high nibble, input 2 low
-    ('0xe1', '0x3')
+    >>> packed = pack_weight_only(torch.tensor([[1, -2, 1, -1]], dtype=torch.int32), 2)
+    >>> packed.numel()  # 32 outputs x 1 load (of 4 inputs) x 1 byte
+    32
+    >>> bin(int(packed[0]))  # input 1 in bits 0-1, input 2 in bits 2-3, ...
+    '0b11011001'
     """
     o, k = fields.shape
+    if bits == 4:
+        return _pack_int4(fields)
     G = 8 // bits
     op, nl = math.ceil(o / 32) * 32, math.ceil(k / G)
     full = np.zeros((op, nl * G), dtype=np.int64)
@@ -52,6 +54,29 @@ def pack_weight_only(fields: torch.Tensor, bits: int) -> torch.Tensor:
     v = full.reshape(op // 32, 2, 16, nl, G).transpose(0, 3, 1, 2, 4)  # [block][load][half][j][g]
     byte = (v << (np.arange(G) * bits)).sum(-1).astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(byte).reshape(-1)).clone()
+
+
+def _pack_int4(fields: torch.Tensor) -> torch.Tensor:
+    """The 4-bit layout of ``wb_wq_gemm``: outputs in blocks of 16, inputs in groups of 8, per
+    (block, group) 16 little-endian uint32 (one per output) holding in bits ``[4g, 4g+4)`` the
+    offset-binary field ``d + 8`` of input ``8·group + g``; padding fields are 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> packed = _pack_int4(torch.tensor([[1, -2, 3]], dtype=torch.int32))
+    >>> packed.numel()  # 16 outputs x 1 group (of 8 inputs) x 4 bytes
+    64
+    >>> [hex(b) for b in packed[:4].tolist()]  # fields 9, 6, 11 (d + 8), then padding
+    ['0x69', '0xb', '0x0', '0x0']
+    """
+    o, k = fields.shape
+    op, kp = math.ceil(o / 16) * 16, math.ceil(k / 8) * 8
+    full = np.zeros((op, kp), dtype=np.int64)
+    full[:o, :k] = (fields.numpy().astype(np.int64) & 15) ^ 8  # two's complement -> offset
+    v = full.reshape(op // 16, 16, kp // 8, 8).transpose(0, 2, 1, 3)  # [block][group][j][g]
+    word = (v << (4 * np.arange(8))).sum(-1).astype("<u4")
+    return torch.from_numpy(np.ascontiguousarray(word).view(np.uint8).reshape(-1)).clone()
 
 
 def to_sparse_codes(values: torch.Tensor):
@@ -142,7 +167,9 @@ class WeightOnlyLayer(NativeLayer):
                                   y.data_ptr(), work.data_ptr(), B, L, self.out_features, K,
                                   self.nnz, self.relu, self.nthreads())
             return
-        xsum = self.xsum.get(n).data_ptr() if self.has_zw else None
+        # row sums of x, and for 4 bits the rows scaled per input (= wb_wq_work floats)
+        work = n + 16 + n * (-(-K // 8) * 8) if self.bits == 4 else n
+        xsum = self.xsum.get(work).data_ptr() if self.has_zw or self.bits == 4 else None
         self.lib.wb_wq_gemm(x.data_ptr(), self.packed.data_ptr(), self.bits, self.sw.data_ptr(),
                             self.zw.data_ptr(), self.bias.data_ptr(), y.data_ptr(), xsum, B, L,
                             self.out_features, K, self.relu, self.nthreads())
