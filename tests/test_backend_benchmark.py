@@ -54,3 +54,23 @@ def test_bad_benchmark_arguments(default_session):
         benchmark(default_session.base, ["torch"], batch_sizes=(0,), progress=False)
     with pytest.raises(ParameterError):
         benchmark(default_session.base, ["torch"], repeats=0, progress=False)
+
+
+def test_layer_times_cover_every_kernel_layer_also_of_a_chain_run_model():
+    import torch
+
+    from workbench.backend import compile_model
+    from workbench.backend.layer_timing import REST, layer_times
+    from workbench.prune import PRUNERS
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512),
+                        nn.ReLU(), nn.Linear(512, 128))  # every layer wide enough for a kernel
+    pruned = PRUNERS["magnitude"](mlp, 0.9)
+    cm = compile_model(pruned.model, "sparse", masks=pruned.masks)
+    assert not isinstance(cm._run, torch.nn.Module)  # a chain: one loop of kernel calls
+    times = layer_times(cm, torch.randn(8, 1, 16, 16), repeats=3)
+    assert [t.name for t in times] == [r.name for r in cm.report.layers] + [REST]
+    assert all(t.ms > 0 for t in times[:-1]) and times[-1].ms >= 0
+    assert {t.kernel for t in times[:-1]} == set(cm.report.kernels().values())
