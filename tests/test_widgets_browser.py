@@ -7,6 +7,7 @@ the Python side itself. Screenshots go to test-artifacts/. A missing Chromium is
 
 from __future__ import annotations
 
+import importlib.util
 import urllib.request
 
 import numpy as np
@@ -185,7 +186,8 @@ editor''',
 
 
 def test_widgets_in_jupyterlab(browser, tmp_path):
-    pytest.importorskip("jupyterlab", reason="pip install -e .[lab]")
+    if importlib.util.find_spec("jupyterlab") is None:
+        pytest.fail("JupyterLab is expected (pip install -e '.[test]' installs it)")
     import json
     import shutil
 
