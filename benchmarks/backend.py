@@ -38,7 +38,8 @@ from workbench.models import create_model  # noqa: E402
 from workbench.prune import PRUNERS  # noqa: E402
 from workbench.quantize import QUANTIZERS  # noqa: E402
 from backend_lowbit import (accuracy_cost, break_even, call_overhead,  # noqa: E402
-                            lowbit_candidates, lowbit_checks, print_lowbit_section)
+                            lowbit_candidates, lowbit_checks, print_checks,
+                            print_lowbit_section)
 from workbench.storage import information_bound_bits  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backend.json"
@@ -136,13 +137,7 @@ def print_sparse_section(checks: list[dict], runs: list[dict]) -> None:
         for name, i in run["info"].items():
             for layer, fmt in i.get("formats", {}).items():
                 print(f"  {run['workload']:<22} {name:<10} {layer:<12} {fmt}")
-    print("\nsparse targets (median ratios; of minimums in parentheses):")
-    for c in checks:
-        mins = "" if c["value_of_minimums"] is None else f" ({c['value_of_minimums']})"
-        where = c["workload"] + ("" if c["threads"] is None
-                                 else f", {c['threads']} thread(s), batch {c['batch']}")
-        print(f"  [{'PASS' if c['met'] else 'FAIL'}] {c['target']}: {c['value']}{mins} "
-              f"goal {c['goal']} ({where})")
+    print_checks("sparse", checks)
 
 
 def sparse_checks(runs: list[dict], storage: dict) -> list[dict]:

@@ -147,14 +147,19 @@ def break_even(runs: list[dict]) -> list[dict]:
     return out
 
 
-def print_lowbit_section(checks: list[dict], runs: list[dict]) -> None:
-    print("\nlow-bit targets (median ratios; of minimums in parentheses):")
+def print_checks(title: str, checks: list[dict]) -> None:
+    """One line per target: PASS/FAIL, the median ratio (of minimums), the goal and where."""
+    print(f"\n{title} targets (median ratios; of minimums in parentheses):")
     for c in checks:
         mins = "" if c["value_of_minimums"] is None else f" ({c['value_of_minimums']})"
         where = c["workload"] + ("" if c["threads"] is None
                                  else f", {c['threads']} thread(s), batch {c['batch']}")
         print(f"  [{'PASS' if c['met'] else 'FAIL'}] {c['target']}: {c['value']}{mins} "
               f"goal {c['goal']} ({where})")
+
+
+def print_lowbit_section(checks: list[dict], runs: list[dict]) -> None:
+    print_checks("low-bit", checks)
     print("\nlow-bit + sparse break-even (lowest sparsity where sparse codes beat dense packed):")
     for b in break_even(runs):
         print(f"  {b['workload']:<22} t={b['threads']} b={b['batch']:<3} int{b['bits']}: "
