@@ -89,6 +89,19 @@ def memory_mb(pid: int) -> dict:
     return {"rss_mb": round(kb["VmRSS"] / 1024, 1), "peak_rss_mb": round(kb["VmHWM"] / 1024, 1)}
 
 
+def memory_summary(before: dict, after: dict, samples: list, n: int) -> dict:
+    """Peak memory of the run: the larger of ``VmHWM`` and the largest sampled ``VmRSS``.
+
+    The kernel updates ``VmHWM`` lazily (RSS counters are cached per thread and folded in
+    now and then), so a ``VmRSS`` sample can exceed the ``VmHWM`` read a moment later by a
+    few hundred kB.
+    """
+    sampled = max(samples, default=None)
+    peak = max(after["peak_rss_mb"], sampled or 0.0)
+    return {"before": before, "after": after, "peak_rss_mb": peak, "max_sampled_rss_mb": sampled,
+            "per_session_mb": round((peak - before["rss_mb"]) / n, 1)}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -481,9 +494,7 @@ def run(n: int = 10, *, limit: float = LIMIT_S, timeout: float = ACTION_TIMEOUT_
         "wall_seconds": driven["wall_seconds"],
         "server_alive": alive,
         "server_cpu_seconds": server_cpu,
-        "memory": {"before": before, "after": after, "peak_rss_mb": after["peak_rss_mb"],
-                   "max_sampled_rss_mb": max(driven["rss_samples_mb"], default=None),
-                   "per_session_mb": round((after["peak_rss_mb"] - before["rss_mb"]) / n, 1)},
+        "memory": memory_summary(before, after, driven["rss_samples_mb"], n),
         "completion_seconds": {"min": min(times, default=None), "max": max(times, default=None),
                                "mean": round(sum(times) / len(times), 3) if times else None},
         "ready_seconds": step_summary(sessions, "ready"),

@@ -88,7 +88,8 @@ def test_the_server_keeps_answering(load):
 def test_memory_stays_bounded(load):
     memory = load["memory"]
     assert 100 < memory["before"]["rss_mb"] <= memory["peak_rss_mb"]
-    assert memory["max_sampled_rss_mb"] <= memory["peak_rss_mb"] < PEAK_RSS_MB
+    assert memory["before"]["rss_mb"] < memory["max_sampled_rss_mb"]  # sampled during the load
+    assert memory["peak_rss_mb"] < PEAK_RSS_MB
     assert memory["per_session_mb"] < 100  # a session is a few Panel models and a tiny LeNet
 
 
