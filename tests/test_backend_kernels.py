@@ -457,6 +457,27 @@ def test_linear_chains_run_without_modules():
         _Residual(residual), "sparse", max_density=1.0).report.notes)
 
 
+@pytest.mark.parametrize("engine,options", [("lowbit-int8", {}), ("lowbit", {}),
+                                             ("lowbit", {"activations": "fp32"})])
+def test_lowbit_linear_chains_run_without_modules(engine, options):
+    """Low-bit Linear chains also run as one loop of kernel calls, unless a layer keeps a
+    torch hook (weight-only kernels under a variant's activation fake-quant)."""
+    from workbench.quantize import QUANTIZERS
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(90, 40), nn.ReLU(), nn.Linear(40, 7)).eval()
+    q = QUANTIZERS["uniform"](model, 4, activations=True, data=_Data(torch.randn(64, 3, 30)))
+    cm = compile_model(q.model, engine, quant=q.layers, **options)
+    hooked = bool(options)
+    assert any("chain" in n for n in cm.report.notes) != hooked
+    assert isinstance(cm._run, nn.Module) == hooked
+    modules = getattr(cm._run, "module", cm._run)
+    reference = cm.reference or q.model
+    for batch in (1, 9, 70):
+        x = torch.randn(batch, 3, 30)
+        assert torch.equal(cm(x), modules(x))  # the same kernels, bit for bit
+        assert float((cm(x) - reference(x)).abs().max()) < 1e-4
+
+
 class _Residual(nn.Module):
     """x + f(x): its leaves are Linear layers in order, but it is not a chain."""
 

@@ -197,6 +197,16 @@ class NativeLayer(nn.Module):
     def _kernel(self, x, y, B, K, L):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def chainable(self) -> bool:
+        """Whether :func:`~workbench.backend.chain.chain_runner` may call :meth:`run_linear`."""
+        return self.conv is None
+
+    def run_linear(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The kernel on a contiguous ``(B, K)`` batch into ``y (B, O)``, without the checks
+        and reshapes of :meth:`forward` (see ``chain.py``)."""
+        self._kernel(x, y, x.shape[0], self.in_features, 1)
+
     def extra_repr(self) -> str:
         kind = "conv" if self.conv is not None else "linear"
         return f"{kind}, in={self.in_features}, out={self.out_features}"

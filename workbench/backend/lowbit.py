@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from workbench.backend.base import CompiledModel, Report, Tolerance, register_engine
+from workbench.backend.chain import chain_runner
 from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
 from workbench.backend.native import KernelUnavailable, load_kernels
 from workbench.backend.simulate import SimulatedInt8Layer
@@ -358,7 +359,10 @@ def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, th
 
     compiled, layers = rewrite(model, make)
     report.layers = layers
-    result = CompiledModel(compiled, report, threads, total["bytes"])
+    fast = chain_runner(compiled) if lib is not None else None
+    if fast is not None:
+        report.notes.append("a chain of Linear layers: one loop of kernel calls, no modules")
+    result = CompiledModel(fast or compiled, report, threads, total["bytes"])
     if simulated:
         reference, _ = rewrite(model, lambda site: (simulated.get(site.name), "", ""))
         result.reference = reference

@@ -286,6 +286,10 @@ class SparseLayer(NativeLayer):
         return [t.data_ptr() if isinstance(t, torch.Tensor) else t
                 for t in (self.operands if operands is None else operands)]
 
+    @property
+    def chainable(self) -> bool:
+        return self.conv is None and self.dense is None
+
     def run_linear(self, x, y):
         """The kernel on a contiguous ``(B, K)`` batch into ``y`` (see ``chain.py``)."""
         b, k = x.shape
