@@ -46,7 +46,7 @@ def bound_bits(w: torch.Tensor, value_bits: int) -> float:
 
 
 def lowbit_candidates(workload: str, model: nn.Module, spec: dict, threads: int, add,
-                      x: torch.Tensor) -> None:
+                      x: torch.Tensor, spinning: bool = True) -> None:
     """Add the low-bit candidates of one workload through ``add(name, compiled, bound_bits)``."""
     weights = [s.layer.weight for s in find_sites(model)]
     for bits in spec.get("bits", ()):
@@ -71,7 +71,7 @@ def lowbit_candidates(workload: str, model: nn.Module, spec: dict, threads: int,
     for mode in spec.get("ort_int8", ()):
         engine = "onnxruntime-int8" if mode == "static" else "onnxruntime-int8-dynamic"
         add(f"ort-int8-{mode}", compile_model(model, engine, example=x[:256],
-                                              threads=threads))
+                                              threads=threads, spinning=spinning))
     if spec.get("binary"):
         q = QUANTIZERS["binary"](model, 1)
         bound = sum(w.numel() for w in weights)
@@ -247,7 +247,8 @@ def call_overhead(threads: int) -> dict:
                     q.model, "lowbit-int8", quant=q.layers, threads=threads),
                 "onnxruntime-int8": compile_model(model, "onnxruntime-int8",
                                                   example=torch.randn(64, 16), threads=threads)}
-    layer = compiled["lowbit weight-only (CompiledModel)"]._run[0]
+    run = compiled["lowbit weight-only (CompiledModel)"]._run
+    layer = getattr(run, "module", run)[0]  # a chain-run model keeps its modules there
     calls = {"ctypes no-op call": lambda: lib.wb_has_vnni(), "torch eager": lambda: model(x),
              "lowbit weight-only layer (no wrapper)": lambda: layer(x),
              **{name: (lambda cm=cm: cm(x)) for name, cm in compiled.items()}}
