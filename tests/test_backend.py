@@ -16,7 +16,9 @@ import torch
 from conftest import hook_count, state_equal, zoo_model
 from workbench.backend import ENGINES, Tolerance, compile_model, compile_variant
 from workbench.backend.graph import find_sites
+from workbench.backend.lowbit import signed_codes
 from workbench.backend.sparse import FORMATS, format_bytes
+from workbench.backend.weightonly import rice_code_bytes, to_rice_codes
 from workbench.errors import ParameterError, UnknownNameError
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
@@ -191,11 +193,14 @@ def test_lowbit_sparse_choice_follows_density_and_counts_bytes():
     q = QUANTIZERS["uniform"](p.model, 4, masks=p.masks)
     cm = compile_model(q.model, "lowbit", masks=p.masks, quant=q.layers)
     assert cm.report.kernels() == {"0": "int4-sparse-fp32", "2": "int4-sparse-fp32"}
-    nnz = sum(int((q.model.get_submodule(n).weight != 0).sum()) for n in ("0", "2"))
-    # 4 bits + 1 index byte per code, 2 bytes per (row, 256-column chunk), 4 + 8 per row
-    expected = sum(-(-k // 2) for k in [int((q.model[0].weight != 0).sum()),
-                                         int((q.model[2].weight != 0).sum())]) + nnz \
-        + 2 * (300 * 3 + 10 * 2) + 12 * 310
+    # Rice-coded gaps + 4-bit codes + per-block table, and the scale (not the bias)
+    expected = 0
+    for n in ("0", "2"):
+        w = q.model.get_submodule(n).weight
+        d, zw, _ = signed_codes(q.layers[n], w.shape[0])
+        r = to_rice_codes(d - zw.to(torch.int32)[:, None])
+        assert r.nnz == int((w != 0).sum()) and r.bits == 4
+        expected += rice_code_bytes(r) + 4 * w.shape[0]
     assert cm.weight_bytes == expected
     dense = compile_model(q.model, "lowbit", quant=q.layers, sparse=False)
     assert set(dense.report.kernels().values()) == {"int4-fp32"}

@@ -12,7 +12,7 @@ from torch import nn
 
 from workbench.backend import compile_model
 from workbench.backend.lowbit import pack_codes, signed_codes
-from workbench.backend.weightonly import pack_weight_only, to_sparse_codes
+from workbench.backend.weightonly import pack_weight_only
 from workbench.backend.native import available
 from workbench.backend.sparse import format_bytes, nm_pattern, to_bitmask, to_csr
 from workbench.errors import ParameterError
@@ -287,8 +287,8 @@ def test_weight_only_int4_long_fan_in_matches_float64_oracle(symmetric, batch):
 @pytest.mark.parametrize("bits", [8, 4, 2])
 @pytest.mark.parametrize("batch", [1, 3, 4, 5, 16, 17, 40])
 def test_sparse_codes_match_float64_oracle(sparsity, bits, batch):
-    """Pruned + quantized layers on the sparse-codes kernel: gathers (<= 4 rows) and 16-row
-    tiles, fan-in over several 256-input chunks, rows with no codes, 2 threads."""
+    """Pruned + quantized layers on the sparse-codes kernel (Rice-coded gaps): gathers (<= 4
+    rows) and 16-row tiles, rows with no codes, 2 threads."""
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(700, 45), nn.ReLU())
     with torch.no_grad():
@@ -305,8 +305,9 @@ def test_sparse_codes_match_float64_oracle(sparsity, bits, batch):
     assert float((out.double() - ref).abs().max()) < 1e-5 * float(ref.abs().max()) + 1e-6
 
 
-def test_weight_only_and_sparse_layouts_round_trip():
-    """Unpacking the packed bytes in Python gives the signed codes back."""
+def test_weight_only_layouts_round_trip():
+    """Unpacking the packed bytes in Python gives the signed codes back (the sparse Rice
+    format: tests/test_rice.py)."""
     torch.manual_seed(5)
     for bits in (8, 4, 2, 1):
         lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -329,14 +330,6 @@ def test_weight_only_and_sparse_layouts_round_trip():
                 byte = int(p[o // 32, k // g, (o % 32) // 16, o % 16])
                 field = (byte >> (bits * (k % g))) & (2 ** bits - 1)
                 assert field - (2 ** bits if field > hi else 0) == int(d[o, k])
-    values = torch.zeros(3, 600, dtype=torch.int32)
-    values[0, [0, 255, 256, 599]] = torch.tensor([5, -3, 100, -128], dtype=torch.int32)
-    values[2, 300] = 7
-    start, counts, idx, codes, bits = to_sparse_codes(values)
-    assert bits == 8 and start.tolist() == [0, 4, 4]
-    assert counts.tolist() == [[2, 1, 1], [0, 0, 0], [0, 1, 0]]
-    assert idx.tolist() == [0, 255, 0, 87, 44]
-    assert codes.view(torch.int8).tolist() == [5, -3, 100, -128, 7]
 
 
 def random_weight(o, k, density, seed):

@@ -353,7 +353,8 @@ def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, th
         if module.sparse:
             return module, f"int{module.bits}-sparse-fp32", (
                 f"{note}{qt.bits}-bit codes, density {density:.3f} <= {density_limit:.2f}: "
-                f"{module.nnz} codes stored, fp32 activations")
+                f"{module.nnz} codes stored, Rice-coded gaps (k={module.rice.k}), "
+                "fp32 activations")
         return module, f"int{bits}-fp32", f"{note}{qt.bits}-bit codes, density {density:.3f}, " \
             "fp32 activations (weight-only)"
 

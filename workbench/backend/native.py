@@ -53,9 +53,9 @@ SIGNATURES = {
     "wb_xnor_gemm": (None, [_P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I, _I]),
     "wb_wq_gemm": (None, [_P, _P, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I]),
     "wb_wq_work": (_L, [_I, _L, _L]),
-    "wb_wq_sparse_work": (_L, [_L, _L]),
-    "wb_wq_sparse": (None, [_P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I,
-                            _I]),
+    "wb_wq_rice_work": (_L, [_L, _L]),
+    "wb_wq_rice": (None, [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L,
+                          _L, _I, _I]),
 }
 
 _lock = threading.Lock()

@@ -15,20 +15,15 @@
  * bit b = (d < 0) as a 1-bit field, decoded to -b, with sw doubled and zw = -1/2). x arrives as
  * (N, K) rows (Linear inputs or im2col rows); y is written as y[b*O*L + o*L + l] for n = b*L + l.
  *
- * Sparse layout (wb_wq_sparse): for weights that are also pruned, only the surviving signed
- * codes are stored, row by row (rows padded to an even count), 8 bits each or 4 bits (two per
- * byte, low nibble first), with a one-byte column index local to a chunk of 256 inputs and a
- * per (row, chunk) count (uint16; a chunk-row holds up to 256 codes) plus an int32 row start.
+ * Pruned and quantized weights have their own sparse kernel (rice.c).
  */
 #include <stdint.h>
-#include <string.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #include "pool.h"
 
-#define WQ_CHUNK 256
 #define WQ_PARALLEL_MACS 200000
 
 typedef struct {
@@ -280,159 +275,4 @@ void wb_wq_gemm(const float *x, const uint8_t *w, int bits, const float *sw, con
     if (xsum_work)
         wb_parallel_for(N, wq_prep_task, &q, par && N * K > 65536 ? nthreads : 1);
     wb_parallel_for(OB * nrb, wq_task, &q, par ? nthreads : 1);
-}
-
-/* --- sparse (pruned and quantized) ---------------------------------------------------------- */
-typedef struct {
-    const int32_t *rowstart;   /* O: first stored code of each row (codes are row-major) */
-    const uint16_t *cnt;       /* (O, nchunks): codes of the row in each chunk of 256 inputs */
-    const uint8_t *idx;        /* column offset in its chunk, one per stored code */
-    const uint8_t *val;        /* codes: int8, or two int4 per byte (low nibble first) */
-    const float *sw, *bias, *x;
-    float *y, *tiles;
-    int64_t N, L, O, K, nchunks, ntiles;
-    int bits, relu;
-} wqs_job;
-
-static inline float wqs_code(const uint8_t *val, int64_t i, int bits) {
-    if (bits == 8) return (float)(int8_t)val[i];
-    int32_t b = val[i >> 1];
-    return (float)((int32_t)((uint32_t)b << (28 - 4 * (i & 1))) >> 28);
-}
-
-static inline void wqs_out(const wqs_job *q, int64_t n, int64_t o, float acc) {
-    float v = q->sw[o] * acc + q->bias[o];
-    if (q->relu && v < 0.0f) v = 0.0f;
-    q->y[(n / q->L) * q->O * q->L + o * q->L + (n % q->L)] = v;
-}
-
-/* Few rows: gather x per stored code, 16 codes at a time. Job = a block of 16 outputs. The
- * packed 4-bit codes are read 16 bytes at a time (the caller pads them by 16 bytes). */
-static void wqs_gather_task(void *ctx, int64_t j, int64_t e) {
-    const wqs_job *q = (const wqs_job *)ctx;
-    (void)e;
-    const int64_t N = q->N, K = q->K;
-#if defined(__AVX512F__)
-    const __m512 table = wq_table(4);
-    const __m512i perm[2] = {_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
-                             _mm512_setr_epi32(0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8)};
-    const __m512i shift[2] = {_mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4),
-                              _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0)};
-#endif
-    for (int64_t o = j * 16; o < j * 16 + 16 && o < q->O; o++) {
-        float acc[4] = {0};
-        int64_t i = q->rowstart[o];
-#if defined(__AVX512F__)
-        __m512 va[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                        _mm512_setzero_ps()};
-#endif
-        for (int64_t c = 0; c < q->nchunks; c++) {
-            const float *xc = q->x + c * WQ_CHUNK;
-            const int64_t end = i + q->cnt[o * q->nchunks + c];
-#if defined(__AVX512F__)
-            for (; i < end; i += 16) {
-                const __mmask16 m = end - i >= 16 ? 0xFFFF : (__mmask16)((1u << (end - i)) - 1);
-                const __m512i col = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, q->idx + i));
-                __m512 v;
-                if (q->bits == 8) {
-                    v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, q->val + i)));
-                } else {
-                    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q->val + (i >> 1))));
-                    b = _mm512_srlv_epi32(_mm512_permutexvar_epi32(perm[i & 1], b), shift[i & 1]);
-                    v = _mm512_maskz_permutexvar_ps(m, b, table);
-                }
-                for (int64_t n = 0; n < N; n++) {
-                    __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, col, xc + n * K, 4);
-                    va[n] = _mm512_fmadd_ps(v, xv, va[n]);
-                }
-            }
-            i = end;
-#else
-            for (; i < end; i++) {
-                float v = wqs_code(q->val, i, q->bits);
-                for (int64_t n = 0; n < N; n++) acc[n] += v * xc[n * K + q->idx[i]];
-            }
-#endif
-        }
-#if defined(__AVX512F__)
-        for (int64_t n = 0; n < N; n++) acc[n] = _mm512_reduce_add_ps(va[n]);
-#endif
-        for (int64_t n = 0; n < N; n++) wqs_out(q, n, o, acc[n]);
-    }
-}
-
-/* Many rows: inputs transposed into tiles of 16 rows ([tile][k][16]); job = (tile, 16 outputs). */
-static void wqs_tile_task(void *ctx, int64_t j, int64_t e) {
-    const wqs_job *q = (const wqs_job *)ctx;
-    (void)e;
-    int64_t ob = (q->O + 15) / 16, t = j / ob, o0 = (j % ob) * 16;
-    const float *tile = q->tiles + t * q->K * 16;
-    for (int64_t o = o0; o < o0 + 16 && o < q->O; o++) {
-#if defined(__AVX512F__)
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-#else
-        float a[16] = {0};
-#endif
-        int64_t i = q->rowstart[o];
-        for (int64_t c = 0; c < q->nchunks; c++) {
-            const float *tc = tile + c * WQ_CHUNK * 16;
-            int64_t end = i + q->cnt[o * q->nchunks + c];
-#if defined(__AVX512F__)
-            for (; i + 1 < end; i += 2) {  /* two accumulators hide the FMA latency */
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(wqs_code(q->val, i, q->bits)),
-                                     _mm512_load_ps(tc + q->idx[i] * 16), a0);
-                a1 = _mm512_fmadd_ps(_mm512_set1_ps(wqs_code(q->val, i + 1, q->bits)),
-                                     _mm512_load_ps(tc + q->idx[i + 1] * 16), a1);
-            }
-            if (i < end) {
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(wqs_code(q->val, i, q->bits)),
-                                     _mm512_load_ps(tc + q->idx[i] * 16), a0);
-                i++;
-            }
-#else
-            for (; i < end; i++) {
-                float v = wqs_code(q->val, i, q->bits);
-                for (int r = 0; r < 16; r++) a[r] += v * tc[q->idx[i] * 16 + r];
-            }
-#endif
-        }
-        float out[16] __attribute__((aligned(64)));
-#if defined(__AVX512F__)
-        _mm512_store_ps(out, _mm512_add_ps(a0, a1));
-#else
-        memcpy(out, a, sizeof out);
-#endif
-        for (int r = 0; r < 16 && t * 16 + r < q->N; r++) wqs_out(q, t * 16 + r, o, out[r]);
-    }
-}
-
-static void wqs_pack_task(void *ctx, int64_t t, int64_t e) {
-    const wqs_job *q = (const wqs_job *)ctx;
-    (void)e;
-    float *tile = q->tiles + t * q->K * 16;
-    for (int64_t k = 0; k < q->K; k++)
-        for (int r = 0; r < 16; r++) {
-            int64_t n = t * 16 + r;
-            tile[k * 16 + r] = n < q->N ? q->x[n * q->K + k] : 0.0f;
-        }
-}
-
-/* Floats of workspace wb_wq_sparse needs (64-byte aligned tiles). */
-int64_t wb_wq_sparse_work(int64_t N, int64_t K) { return ((N + 15) / 16) * K * 16 + 16; }
-
-void wb_wq_sparse(const int32_t *rowstart, const uint16_t *cnt, const uint8_t *idx,
-                  const uint8_t *val, int bits, const float *sw, const float *bias,
-                  const float *x, float *y, float *work, int64_t B, int64_t L, int64_t O,
-                  int64_t K, int64_t nnz, int relu, int nthreads) {
-    int64_t N = B * L, nchunks = (K + WQ_CHUNK - 1) / WQ_CHUNK, ntiles = (N + 15) / 16;
-    float *tiles = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    wqs_job q = {rowstart, cnt, idx, val, sw, bias, x, y, tiles, N, L, O, K, nchunks, ntiles,
-                 bits, relu};
-    int par = nthreads > 1 && nnz * N > WQ_PARALLEL_MACS;
-    if (N <= 4) {
-        wb_parallel_for((O + 15) / 16, wqs_gather_task, &q, par ? nthreads : 1);
-        return;
-    }
-    wb_parallel_for(ntiles, wqs_pack_task, &q, par ? nthreads : 1);
-    wb_parallel_for(ntiles * ((O + 15) / 16), wqs_tile_task, &q, par ? nthreads : 1);
 }
