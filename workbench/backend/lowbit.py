@@ -8,10 +8,12 @@ per weight and de-quantized inside the kernel against fp32 activations
 (:mod:`workbench.backend.weightonly`), so the output is the variant's fake-quantized layer up to
 fp32 summation order. A pruned-and-quantized layer whose density of nonzero codes is at most
 ``max_density`` (default :data:`SPARSE_DENSITY`) stores only its surviving codes (8 or 4 bits
-plus a one-byte chunk-local column index; kernel ``int{8,4}-sparse-fp32``). Measured on the
-2-core development machine: the sparse form is faster than dense packed from ~70 % sparsity
-at batch >= 8, but at batch 1 its gathers lose to dense packed int4 even at 98 % sparsity (it
-still saves memory). At batch 64 the weight-only kernels are compute-bound on fp32 FMAs and
+plus Rice-coded column gaps, within a few % of the information-theoretic size; kernel
+``int{8,4}-sparse-fp32``, :func:`~workbench.backend.weightonly.to_rice_codes`). Measured on
+the 2-core development machine: the sparse form is faster than dense packed from ~70-80 %
+sparsity at batch 64, but at batch 1 its decoding and gathers lose to the dense packed kernel,
+which streams 4-8 bits per weight, at every sparsity measured (up to 95 %): there it buys
+memory, 3-4x less at 90 %, not speed. At batch 64 the weight-only kernels are compute-bound on fp32 FMAs and
 not faster than dense MKL; ``activations="int8"`` is the throughput path.
 
 *Int8 activations* (``activations="int8"``, the default for layers whose variant quantizes their
@@ -222,9 +224,9 @@ def _codes_match(site: Site, qt) -> str | None:
 
 ACTIVATIONS = ("auto", "fp32", "int8")
 # Density (nonzero codes / weights) up to which a weight-only layer stores and runs only its
-# surviving codes. Measured with benchmarks/backend.py (1024² layer, 1 thread, loaded 2-core
-# machine): the sparse kernel beat the dense packed one from 70 % sparsity at batch 8-64, but at
-# batch 1 its gathers lost to dense packed int4 even at 98 % sparsity (see the module docstring).
+# surviving codes. Measured with benchmarks/backend.py (1024² layer, Rice-coded gaps): the sparse
+# kernel beat the dense packed one from 70-80 % sparsity at batch 64 (1 and 2 threads); at batch
+# 1 it lost at every sparsity (see the module docstring), so this is a memory-first default.
 SPARSE_DENSITY = 0.3
 
 

@@ -22,6 +22,7 @@ import torch
 from workbench.backend.graph import NativeLayer, Site, Workspace
 from workbench.errors import ParameterError
 
+
 def weight_only_codes(d: torch.Tensor, zw: torch.Tensor, scale: torch.Tensor, bits: int):
     """``(fields, zero point, scale)`` for the kernel: two's complement fields of ``bits``
     bits with ``value = (field - zw) * scale``. Binary codes ``±1`` become the field
