@@ -285,7 +285,7 @@ def test_weight_only_int4_long_fan_in_matches_float64_oracle(symmetric, batch):
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
 @pytest.mark.parametrize("bits", [8, 4, 2])
-@pytest.mark.parametrize("batch", [1, 3, 4, 5, 16, 17, 40])
+@pytest.mark.parametrize("batch", [1, 3, 4, 5, 16, 17, 40, 64])
 def test_sparse_codes_match_float64_oracle(sparsity, bits, batch):
     """Pruned + quantized layers on the sparse-codes kernel (Rice-coded gaps): gathers (<= 4
     rows) and 16-row tiles, rows with no codes, 2 threads."""
