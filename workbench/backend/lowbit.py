@@ -13,8 +13,8 @@ plus Rice-coded column gaps, within a few % of the information-theoretic size; k
 the 2-core development machine: the sparse form is faster than dense packed from ~70-80 %
 sparsity at batch 64, but at batch 1 its decoding and gathers lose to the dense packed kernel,
 which streams 4-8 bits per weight, at every sparsity measured (up to 95 %): there it buys
-memory, 4-6x less at 90 %, not speed. At batch 64 the weight-only kernels are compute-bound on fp32 FMAs and
-not faster than dense MKL; ``activations="int8"`` is the throughput path.
+memory, 4-6x less at 90 %, not speed. At batch 64 the weight-only kernels are compute-bound on
+fp32 FMAs and not faster than dense MKL; ``activations="int8"`` is the throughput path.
 
 *Int8 activations* (``activations="int8"``, the default for layers whose variant quantizes their
 input to 8 bits; kernels ``int{8,4,2,1}-int8``): the layer input is quantized to uint8 inside the
