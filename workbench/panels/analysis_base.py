@@ -49,6 +49,7 @@ import param
 
 from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
+from workbench.panels.alerts import message_alert
 from workbench.panels.compress import error_message
 from workbench.panels.export import with_export
 from workbench.panels.state import SessionState
@@ -346,10 +347,6 @@ class AnalysisPanel(pn.viewable.Viewer):
         """The bar's value: indeterminate (-1) until the first job is done."""
         return self.progress if self.progress > 0 else -1
 
-    @param.depends("error")
-    def _has_error(self) -> bool:
-        return bool(self.error)
-
     @param.depends("results", "busy")
     def _intro(self) -> str:
         return "" if self.results or self.busy else self.intro
@@ -372,8 +369,7 @@ class AnalysisPanel(pn.viewable.Viewer):
                                    visible=self.param.busy, sizing_mode="stretch_width",
                                    height=12, css_classes=["wb-progress"]),
             pn.pane.Markdown(self.param.status, css_classes=["wb-status"], margin=(0, 10)),
-            pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error,
-                          css_classes=["wb-error"]),
+            message_alert(self.param.error, "danger", css_classes=["wb-error"]),
             width=CONTROLS_WIDTH,
         )
         body = pn.Column(pn.pane.Alert(self._intro, alert_type="info", visible=self._has_intro),

@@ -32,6 +32,7 @@ from bokeh.models.widgets.tables import NumberFormatter
 import workbench
 from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
+from workbench.panels.alerts import message_alert
 from workbench.panels.compress import error_message
 from workbench.panels.export import plotly_pane
 from workbench.panels.state import SessionState
@@ -192,14 +193,6 @@ class ComparePanel(pn.viewable.Viewer):
         self.cancel()
         self.param.update(sweep_result=None, error="", message="")
 
-    @param.depends("message")
-    def _has_message(self) -> bool:
-        return bool(self.message)
-
-    @param.depends("error")
-    def _has_error(self) -> bool:
-        return bool(self.error)
-
     # --- view ------------------------------------------------------------------------------------
     def __panel__(self):
         w = pn.widgets
@@ -228,8 +221,8 @@ class ComparePanel(pn.viewable.Viewer):
                                    height=12),
             pn.pane.Alert(self._slow_note, alert_type="warning",
                           visible=self._has_slow_note),
-            pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error),
-            pn.pane.Alert(self.param.message, alert_type="info", visible=self._has_message),
+            message_alert(self.param.error, "danger"),
+            message_alert(self.param.message, "info"),
             width=320)
         sweeps = pn.Column(
             pn.pane.Markdown("### Accuracy vs sparsity"),

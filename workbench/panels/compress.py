@@ -47,6 +47,7 @@ import workbench
 from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError, WorkbenchError
 from workbench.metrics import Metrics
+from workbench.panels.alerts import message_alert
 from workbench.panels.export import plotly_pane
 from workbench.panels.state import SessionState
 from workbench.plots.compare import layer_sparsity_figure
@@ -496,14 +497,6 @@ class CompressPanel(pn.viewable.Viewer):
         return (self.preview_metrics is not None and self.kind == "prune"
                 and self.parent in self.state.session.variants)
 
-    @param.depends("notice")
-    def _has_notice(self) -> bool:
-        return bool(self.notice)
-
-    @param.depends("error")
-    def _has_error(self) -> bool:
-        return bool(self.error)
-
     @param.depends("last_added", "error")
     def _added_text(self) -> str:
         return f"Added **{self.last_added}**." if self.last_added and not self.error else ""
@@ -511,10 +504,6 @@ class CompressPanel(pn.viewable.Viewer):
     @param.depends("last_added", "error")
     def _has_added(self) -> bool:
         return bool(self.last_added and not self.error)
-
-    @param.depends("preview_note")
-    def _has_note(self) -> bool:
-        return bool(self.preview_note)
 
     @param.depends("kind")
     def _is_prune(self) -> bool:
@@ -617,10 +606,8 @@ class CompressPanel(pn.viewable.Viewer):
                                        visible=self.param.busy, css_classes=["wb-cancel"])),
             pn.indicators.Progress(value=-1, active=self.param.busy, visible=self.param.busy,
                                    sizing_mode="stretch_width", height=12),
-            pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error,
-                          css_classes=["wb-error"]),
-            pn.pane.Alert(self.param.notice, alert_type="info", visible=self._has_notice,
-                          css_classes=["wb-notice"]),
+            message_alert(self.param.error, "danger", css_classes=["wb-error"]),
+            message_alert(self.param.notice, "info", css_classes=["wb-notice"]),
             pn.pane.Alert(self._added_text, alert_type="success",
                           visible=self._has_added, css_classes=["wb-added"]),
             width=340,
@@ -649,8 +636,7 @@ class CompressPanel(pn.viewable.Viewer):
             ),
             pn.pane.HTML(self._delta_text, visible=self._has_preview),
             pn.pane.Markdown(self._details, visible=self._has_preview),
-            pn.pane.Alert(self.param.preview_note, alert_type="info", visible=self._has_note,
-                          css_classes=["wb-preview-note"]),
+            message_alert(self.param.preview_note, "info", css_classes=["wb-preview-note"]),
             pn.Column(pn.pane.Markdown("#### Per layer", margin=(0, 10)), self.layer_editor,
                       visible=self._shows_editor, sizing_mode="stretch_width",
                       css_classes=["wb-layer-editor"]),

@@ -37,6 +37,7 @@ import panel as pn
 import param
 
 from workbench.errors import WorkbenchError
+from workbench.panels.alerts import message_alert
 
 FORMATS = ("html", "png", "svg")
 IMAGE_FORMATS = ("png", "svg")
@@ -192,10 +193,6 @@ class FigureExport(pn.viewable.Viewer):
     async def _svg(self) -> io.BytesIO:
         return await self.download_async("svg")
 
-    @param.depends("message")
-    def _has_message(self) -> bool:
-        return bool(self.message)
-
     def __panel__(self):
         callbacks = {"html": self.html, "png": self._png, "svg": self._svg}
 
@@ -211,7 +208,7 @@ class FigureExport(pn.viewable.Viewer):
                        pn.widgets.RadioButtonGroup.from_param(
                            self.param.camera, color="light", visible=not self.images,
                            width=110, height=32, margin=(2, 4))),  # wraps in narrow columns
-            pn.pane.Alert(self.param.message, alert_type="info", visible=self._has_message,
+            message_alert(self.param.message, "info",
                           margin=(0, 4), css_classes=["wb-export-message"]),
             sizing_mode="stretch_width", css_classes=["wb-export"])
 

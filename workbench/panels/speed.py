@@ -37,6 +37,7 @@ from workbench.backend.benchmark import _batch
 from workbench.backend.layer_timing import layer_times
 from workbench.cancel import Cancelled, CancelToken, on_step
 from workbench.errors import ParameterError
+from workbench.panels.alerts import message_alert
 from workbench.panels.compress import error_message
 from workbench.panels.export import plotly_pane
 from workbench.panels.state import SessionState
@@ -268,10 +269,6 @@ class SpeedPanel(pn.viewable.Viewer):
     def _csv(self):
         return io.StringIO(self._table().to_csv(index=False))
 
-    @param.depends("error")
-    def _has_error(self) -> bool:
-        return bool(self.error)
-
     @param.depends("result")
     def _has_result(self) -> bool:
         return bool(self.result and self.result.rows)
@@ -295,8 +292,7 @@ class SpeedPanel(pn.viewable.Viewer):
             pn.indicators.Progress(value=self.param.progress, max=100, visible=self.param.busy,
                                    sizing_mode="stretch_width", height=12),
             pn.pane.Markdown(self.param.status, css_classes=["wb-status"]),
-            pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error,
-                          css_classes=["wb-error"]),
+            message_alert(self.param.error, "danger", css_classes=["wb-error"]),
             width=340,
         )
         result = pn.Column(

@@ -25,6 +25,7 @@ import panel as pn
 import param
 
 from workbench.errors import ParameterError
+from workbench.panels.alerts import message_alert
 from workbench.panels.compress import error_message
 from workbench.panels.state import SessionState
 from workbench.panels.workspace import WorkspaceControls
@@ -92,14 +93,6 @@ class VariantManager(pn.viewable.Viewer):
     def _recipe_filename(self) -> str:
         return f"{self.target}.yaml"
 
-    @param.depends("error")
-    def _has_error(self) -> bool:
-        return bool(self.error)
-
-    @param.depends("message")
-    def _has_message(self) -> bool:
-        return bool(self.message)
-
     def __panel__(self):
         w = pn.widgets
         return pn.Column(
@@ -114,8 +107,8 @@ class VariantManager(pn.viewable.Viewer):
                                   label="Recipe", color="light"),
                    w.FileDownload(callback=self.recipes_file, filename="workbench-recipes.yaml",
                                   label="All recipes", color="light")),
-            pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error),
-            pn.pane.Alert(self.param.message, alert_type="success", visible=self._has_message),
+            message_alert(self.param.error, "danger"),
+            message_alert(self.param.message, "success"),
             self.workspace,
             sizing_mode="stretch_width",
         )

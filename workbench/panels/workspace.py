@@ -39,6 +39,7 @@ import panel as pn
 import param
 
 from workbench.errors import ParameterError, WorkbenchError
+from workbench.panels.alerts import message_alert
 from workbench.panels.compress import error_message
 from workbench.panels.state import SessionState
 from workbench.session import BASE, Session
@@ -195,18 +196,6 @@ class WorkspaceControls(pn.viewable.Viewer):
             self._opened(*opened, directory)
 
     # --- view ----------------------------------------------------------------------------------
-    @param.depends("error")
-    def _has_error(self) -> bool:
-        return bool(self.error)
-
-    @param.depends("notice")
-    def _has_notice(self) -> bool:
-        return bool(self.notice)
-
-    @param.depends("message")
-    def _has_message(self) -> bool:
-        return bool(self.message)
-
     def __panel__(self):
         w = pn.widgets
         return pn.Column(
@@ -217,12 +206,9 @@ class WorkspaceControls(pn.viewable.Viewer):
                                        css_classes=["wb-ws-save"]),
                    w.Button.from_param(self.param.open, color="default", loading=self.param.busy,
                                        css_classes=["wb-ws-open"])),
-            pn.pane.Alert(self.param.error, alert_type="danger", visible=self._has_error,
-                          css_classes=["wb-ws-error"]),
-            pn.pane.Alert(self.param.notice, alert_type="warning", visible=self._has_notice,
-                          css_classes=["wb-ws-warning"]),
-            pn.pane.Alert(self.param.message, alert_type="success", visible=self._has_message,
-                          css_classes=["wb-ws-message"]),
+            message_alert(self.param.error, "danger", css_classes=["wb-ws-error"]),
+            message_alert(self.param.notice, "warning", css_classes=["wb-ws-warning"]),
+            message_alert(self.param.message, "success", css_classes=["wb-ws-message"]),
             sizing_mode="stretch_width",
         )
 
