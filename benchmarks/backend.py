@@ -277,7 +277,7 @@ def interleaved(cands: dict, x: torch.Tensor, rounds: int, warmup: int, budget: 
     times = {k: [] for k in cands}
     # a fixed order let each candidate always follow the same one: a layer that fell back to
     # torch eager measured 0.87-0.88x of torch eager itself at batch 1 (same code, different
-    # cache state) in every run; shuffled, 0.96-1.11x over 1/2 threads and batch 1/64
+    # cache state) in every run; shuffled, 0.93-1.11x over three runs, 1/2 threads, batch 1/64
     order, rng = list(cands), np.random.default_rng(0)
     with torch.inference_mode():
         for fn in cands.values():
@@ -385,7 +385,8 @@ def main(argv=None):
                 best = min((k for k in DENSE if k in timing),
                            key=lambda k: timing[k]["median_ms"])
                 runs.append({"workload": workload, "threads": threads, "batch": batch,
-                             "ort_spinning": batch < SPIN_BELOW_BATCH, "best_dense": best, "timing": timing, "info": info})
+                             "ort_spinning": batch < SPIN_BELOW_BATCH, "best_dense": best,
+                             "timing": timing, "info": info})
                 line = "  ".join(f"{k}={ratio(timing, k, best):.2f}x" for k in timing
                                  if k not in DENSE)
                 print(f"{workload:<22} t={threads} b={batch:<3} best dense={best} "
