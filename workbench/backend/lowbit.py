@@ -25,6 +25,10 @@ is the variant with exactly this activation rounding simulated
 (:mod:`workbench.backend.simulate`); the accuracy cost against the plain variant is reported
 separately by the benchmarks.
 
+On both paths, 8-bit codes of a layer with few outputs (LeNet-5's 6-120) are stored row-major
+instead of in blocks of 32 outputs, which would be 30-50 % padding
+(:func:`~workbench.backend.weightonly.rows_pay`, ``csrc/rows.c``).
+
 Layers without integer codes (not quantized, k-means codebooks) run on torch.
 ``binary_activations=True`` runs fully binary layers (1-bit weights) as XNOR + popcount on
 sign-binarised activations scaled by their mean magnitude (XNOR-Net); this changes the model's
@@ -44,7 +48,7 @@ from workbench.backend.chain import chain_runner
 from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
 from workbench.backend.native import KernelUnavailable, load_kernels
 from workbench.backend.simulate import SimulatedInt8Layer
-from workbench.backend.weightonly import WeightOnlyLayer
+from workbench.backend.weightonly import WeightOnlyLayer, rows_pay
 from workbench.errors import ParameterError
 
 STORAGE_BITS = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
@@ -146,7 +150,9 @@ class LowbitLayer(NativeLayer):
 
         self.sw, self.bias = pad(scale * g), pad(b)
         self.zw, self.wsum = pad(zw.to(torch.int32)), pad(d.sum(1).to(torch.int32))
-        self.packed, self.kp = pack_codes(d, bits)
+        self.rows = bits == 8 and rows_pay(o)  # few outputs: row-major codes (csrc/rows.c)
+        self.packed, self.kp = (d.to(torch.int8).contiguous(), self.in_features) if self.rows \
+            else pack_codes(d, bits)
         self.lib, self.relu = lib, int(site.relu)
         hook = site.act_quant()
         self.static = (hook.scale, hook.zero_point) if hook is not None and hook.bits == 8 \
@@ -161,6 +167,14 @@ class LowbitLayer(NativeLayer):
                 self.wsum.data_ptr(), self.bias.data_ptr())
 
     def _kernel(self, x, y, B, K, L):
+        if self.rows:
+            work = self.work.get(self.lib.wb_lowbit_rows_work(B * L, K))
+            self.lib.wb_lowbit_rows(x.data_ptr(), work.data_ptr(), self.packed.data_ptr(),
+                                    self.sw.data_ptr(), self.zw.data_ptr(),
+                                    self.wsum.data_ptr(), self.bias.data_ptr(), y.data_ptr(), B,
+                                    L, self.out_features, K, self.static[0], self.static[1],
+                                    self.relu, int(self.conv is not None), self.nthreads())
+            return
         work = self.work.get(self.lib.wb_lowbit_work_bytes(B * L, self.kp))
         self.lib.wb_lowbit_forward(x.data_ptr(), work.data_ptr(), *self._consts(), y.data_ptr(),
                                    B, L, self.out_features, K, self.kp, self.static[0],
@@ -169,7 +183,8 @@ class LowbitLayer(NativeLayer):
 
     def extra_repr(self) -> str:
         mode = "static" if self.static[0] else "dynamic"
-        return f"{super().extra_repr()}, bits={self.bits}, activations=int8-{mode}"
+        layout = ", row-major" if self.rows else ""
+        return f"{super().extra_repr()}, bits={self.bits}{layout}, activations=int8-{mode}"
 
 
 class XnorLayer(NativeLayer):

@@ -9,6 +9,8 @@ gaps, 1.00-1.03x the information-theoretic size at 50-95 % random sparsity on a 
 against 1.3-2.0x for the one-byte chunk-local column indices it replaced. Measured on the 2-core
 development machine (1024², 1 thread, interleaved medians), its kernel takes 0.7-1.2x the time of
 the one-byte-index kernel at batch 64 and 1.2-2.0x at batch 1 (the decoding is serial per row).
+8-bit codes of a layer with few outputs, which blocks of 32 outputs would pad by more than
+:data:`ROW_PADDING`, are stored row-major instead (``csrc/rows.c``).
 """
 
 from __future__ import annotations
@@ -79,6 +81,24 @@ def _pack_int4(fields: torch.Tensor) -> torch.Tensor:
     v = full.reshape(op // 16, 16, kp // 8, 8).transpose(0, 2, 1, 3)  # [block][group][j][g]
     word = (v << (4 * np.arange(8))).sum(-1).astype("<u4")
     return torch.from_numpy(np.ascontiguousarray(word).view(np.uint8).reshape(-1)).clone()
+
+
+# Share of padding beyond which 8-bit codes are stored row-major (csrc/rows.c) instead of in
+# the packed layouts' blocks of 32 outputs: layers of 6-120 outputs (LeNet-5) padded to 32 cost
+# 30-50 % more bytes than their codes.
+ROW_PADDING = 0.05
+
+
+def rows_pay(out: int, block: int = 32) -> bool:
+    """Whether blocks of ``block`` outputs would pad ``out`` outputs by more than
+    :data:`ROW_PADDING`, so that row-major 8-bit codes are the smaller layout.
+
+    Examples
+    --------
+    >>> rows_pay(6), rows_pay(120), rows_pay(1000), rows_pay(1024)
+    (True, True, False, False)
+    """
+    return math.ceil(out / block) * block > (1 + ROW_PADDING) * out
 
 
 RICE_ROWS = 16  # rows per block of the Rice format (3 uint32 of offsets each)
@@ -207,6 +227,7 @@ class WeightOnlyLayer(NativeLayer):
         fields, zf, sf = weight_only_codes(d, zw, scale.expand(o), bits)
         self.lib, self.relu, self.sparse = lib, int(site.relu), sparse
         self.sw, self.bias = (sf * g).contiguous(), b.contiguous()
+        self.rows = not sparse and bits == 8 and rows_pay(o)
         if sparse:
             self.rice = to_rice_codes(d - zw.to(torch.int32)[:, None])
             self.bits, self.nnz = self.rice.bits, self.rice.nnz
@@ -215,7 +236,8 @@ class WeightOnlyLayer(NativeLayer):
         else:
             self.bits = bits
             self.zw = zf.contiguous()
-            self.packed = pack_weight_only(fields, bits)
+            self.packed = fields.to(torch.int8).contiguous() if self.rows \
+                else pack_weight_only(fields, bits)
             self.has_zw = bool(zf.abs().max() > 0)
             self.xsum = Workspace()
             self.bytes = self.packed.numel() + 4 * o + (4 * o if self.has_zw else 0)
@@ -232,6 +254,12 @@ class WeightOnlyLayer(NativeLayer):
                                 work.data_ptr(), B, L, self.out_features, K, r.nnz, self.relu,
                                 self.nthreads())
             return
+        if self.rows:
+            self.lib.wb_wq_rows(x.data_ptr(), self.packed.data_ptr(), self.sw.data_ptr(),
+                                self.zw.data_ptr() if self.has_zw else None,
+                                self.bias.data_ptr(), y.data_ptr(), B, L, self.out_features, K,
+                                self.relu, self.nthreads())
+            return
         # row sums of x, and for 4 bits the rows scaled per input (= wb_wq_work floats)
         work = n + 16 + n * (-(-K // 8) * 8) if self.bits == 4 else n
         xsum = self.xsum.get(work).data_ptr() if self.has_zw or self.bits == 4 else None
@@ -240,5 +268,6 @@ class WeightOnlyLayer(NativeLayer):
                             self.out_features, K, self.relu, self.nthreads())
 
     def extra_repr(self) -> str:
-        form = f"sparse, nnz={self.nnz}" if self.sparse else "dense"
+        form = f"sparse, nnz={self.nnz}" if self.sparse else \
+            ("dense, row-major" if self.rows else "dense")
         return f"{super().extra_repr()}, bits={self.bits}, {form}, activations=fp32"
