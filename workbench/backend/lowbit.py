@@ -168,7 +168,7 @@ class LowbitLayer(NativeLayer):
 
     def _kernel(self, x, y, B, K, L):
         if self.rows:
-            work = self.work.get(self.lib.wb_lowbit_rows_work(B * L, K))
+            work = self.work.get(self.lib.wb_lowbit_work_bytes(B * L, -(-K // 16) * 16))
             self.lib.wb_lowbit_rows(x.data_ptr(), work.data_ptr(), self.packed.data_ptr(),
                                     self.sw.data_ptr(), self.zw.data_ptr(),
                                     self.wsum.data_ptr(), self.bias.data_ptr(), y.data_ptr(), B,

@@ -54,7 +54,6 @@ SIGNATURES = {
     "wb_wq_gemm": (None, [_P, _P, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I]),
     "wb_wq_work": (_L, [_I, _L, _L]),
     "wb_wq_rows": (None, [_P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I]),
-    "wb_lowbit_rows_work": (_L, [_L, _L]),
     "wb_lowbit_rows": (None, [_P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, ctypes.c_float,
                               _I, _I, _I, _I]),
     "wb_wq_rice_work": (_L, [_L, _L]),

@@ -544,20 +544,34 @@ void wb_xnor_gemm(const uint64_t *w, const float *sw, const float *bias, const u
 /* Bytes of workspace wb_lowbit_forward needs for N columns of Kp (padded) inputs. */
 int64_t wb_lowbit_work_bytes(int64_t N, int64_t Kp) { return N * Kp + N * 16 + 64; }
 
-/* Quantize the input and multiply in one call (one Python -> C transition per layer). */
+/* Quantize a layer's input into work (wb_lowbit_work_bytes of it): uint8 rows xq of Kp, then
+ * per column sx, zx and xsum, whose addresses are returned. x_rows: x is already (B*L, K) rows
+ * (im2col rows), else B samples of K x L values. */
+void wb_lowbit_quantize_input(const float *x, uint8_t *work, int64_t B, int64_t L, int64_t K,
+                              int64_t Kp, float static_scale, int32_t static_zp, int x_rows,
+                              int nthreads, float **sx, int32_t **zx, int32_t **xsum) {
+    const int64_t N = B * L;
+    *sx = (float *)(work + N * Kp + (64 - (N * Kp) % 64) % 64);
+    *zx = (int32_t *)(*sx + N);
+    *xsum = *zx + N;
+    if (x_rows)
+        wb_quantize_columns(x, work, *sx, *zx, *xsum, N, K, 1, Kp, static_scale, static_zp,
+                            nthreads);
+    else
+        wb_quantize_columns(x, work, *sx, *zx, *xsum, B, K, L, Kp, static_scale, static_zp,
+                            nthreads);
+}
+
+/* Quantize the input and multiply in one call (one Python -> C transition per layer); the
+ * output is (B, O, L) either way. */
 void wb_lowbit_forward(const float *x, uint8_t *work, const uint8_t *w, int bits, const float *sw,
                        const int32_t *zw, const int32_t *wsum, const float *bias, float *y,
                        int64_t B, int64_t L, int64_t O, int64_t K, int64_t Kp, float static_scale,
                        int32_t static_zp, int relu, int x_rows, int nthreads) {
-    /* x_rows: x is already (B*L, K) rows (im2col rows); the output is (B, O, L) either way */
-    int64_t N = B * L;
-    uint8_t *xq = work;
-    float *sx = (float *)(work + N * Kp + (64 - (N * Kp) % 64) % 64);
-    int32_t *zx = (int32_t *)(sx + N), *xsum = zx + N;
-    if (x_rows)
-        wb_quantize_columns(x, xq, sx, zx, xsum, N, K, 1, Kp, static_scale, static_zp, nthreads);
-    else
-        wb_quantize_columns(x, xq, sx, zx, xsum, B, K, L, Kp, static_scale, static_zp, nthreads);
-    wb_lowbit_gemm(w, bits, sw, zw, wsum, bias, xq, sx, zx, xsum, y, B, L, O, K, Kp, relu,
+    float *sx;
+    int32_t *zx, *xsum;
+    wb_lowbit_quantize_input(x, work, B, L, K, Kp, static_scale, static_zp, x_rows, nthreads,
+                             &sx, &zx, &xsum);
+    wb_lowbit_gemm(w, bits, sw, zw, wsum, bias, work, sx, zx, xsum, y, B, L, O, K, Kp, relu,
                    nthreads);
 }

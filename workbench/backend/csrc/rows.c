@@ -6,7 +6,7 @@
  *
  *   wb_wq_rows      fp32 activations (weight-only):
  *                   y = sw[o] * (sum_k d*x - zw[o] * sum_k x) + bias[o]
- *   wb_lowbit_rows  uint8 activations quantized per column by wb_quantize_columns (lowbit.c),
+ *   wb_lowbit_rows  uint8 activations quantized per column (wb_lowbit_quantize_input, lowbit.c),
  *                   the same integer arithmetic and epilogue as wb_lowbit_gemm's scalar one:
  *                   y = sx[n] * sw[o] * (sum_k xq*d - zx[n]*wsum[o] - zw[o]*xsum[n]
  *                                         + K*zx[n]*zw[o]) + bias[o]
@@ -23,9 +23,9 @@
 
 #define ROWS_PARALLEL_MACS 200000
 
-void wb_quantize_columns(const float *x, uint8_t *xq, float *sx, int32_t *zx, int32_t *xsum,
-                         int64_t B, int64_t K, int64_t L, int64_t Kp, float static_scale,
-                         int32_t static_zp, int nthreads);
+void wb_lowbit_quantize_input(const float *x, uint8_t *work, int64_t B, int64_t L, int64_t K,
+                              int64_t Kp, float static_scale, int32_t static_zp, int x_rows,
+                              int nthreads, float **sx, int32_t **zx, int32_t **xsum);
 
 typedef struct {
     const int8_t *w;
@@ -102,25 +102,17 @@ static void lowbit_rows_task(void *ctx, int64_t n, int64_t e) {
     }
 }
 
-/* Bytes of workspace wb_lowbit_rows needs (as wb_lowbit_work_bytes: xq rows, then sx/zx/xsum). */
-int64_t wb_lowbit_rows_work(int64_t N, int64_t K) {
-    const int64_t Kp = (K + 15) / 16 * 16;
-    return N * Kp + N * 16 + 64;
-}
-
+/* work: wb_lowbit_work_bytes(B * L, Kp) bytes with Kp = K rounded up to 16 (lowbit.c). */
 void wb_lowbit_rows(const float *x, uint8_t *work, const int8_t *w, const float *sw,
                     const int32_t *zw, const int32_t *wsum, const float *bias, float *y,
                     int64_t B, int64_t L, int64_t O, int64_t K, float static_scale,
                     int32_t static_zp, int relu, int x_rows, int nthreads) {
     const int64_t N = B * L, Kp = (K + 15) / 16 * 16;
-    uint8_t *xq = work;
-    float *sx = (float *)(work + N * Kp + (64 - (N * Kp) % 64) % 64);
-    int32_t *zx = (int32_t *)(sx + N), *xsum = zx + N;
-    if (x_rows)
-        wb_quantize_columns(x, xq, sx, zx, xsum, N, K, 1, Kp, static_scale, static_zp, nthreads);
-    else
-        wb_quantize_columns(x, xq, sx, zx, xsum, B, K, L, Kp, static_scale, static_zp, nthreads);
-    rows_job q = {w, sw, 0, bias, 0, sx, xq, zw, wsum, zx, xsum, y, L, O, K, Kp, relu};
+    float *sx;
+    int32_t *zx, *xsum;
+    wb_lowbit_quantize_input(x, work, B, L, K, Kp, static_scale, static_zp, x_rows, nthreads,
+                             &sx, &zx, &xsum);
+    rows_job q = {w, sw, 0, bias, 0, sx, work, zw, wsum, zx, xsum, y, L, O, K, Kp, relu};
     wb_parallel_for(N, lowbit_rows_task, &q, nthreads > 1 && N * O * K > ROWS_PARALLEL_MACS
                                                  ? nthreads : 1);
 }

@@ -17,6 +17,7 @@
  *
  * Pruned and quantized weights have their own sparse kernel (rice.c).
  */
+#include <stddef.h>
 #include <stdint.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
