@@ -151,8 +151,8 @@ class LowbitLayer(NativeLayer):
         self.sw, self.bias = pad(scale * g), pad(b)
         self.zw, self.wsum = pad(zw.to(torch.int32)), pad(d.sum(1).to(torch.int32))
         self.rows = bits == 8 and rows_pay(o)  # few outputs: row-major codes (csrc/rows.c)
-        self.packed, self.kp = (d.to(torch.int8).contiguous(), self.in_features) if self.rows \
-            else pack_codes(d, bits)
+        self.packed, self.kp = (d.to(torch.int8).contiguous(), -(-self.in_features // 16) * 16) \
+            if self.rows else pack_codes(d, bits)  # kp: the quantized input rows' length
         self.lib, self.relu = lib, int(site.relu)
         hook = site.act_quant()
         self.static = (hook.scale, hook.zero_point) if hook is not None and hook.bits == 8 \
@@ -167,15 +167,14 @@ class LowbitLayer(NativeLayer):
                 self.wsum.data_ptr(), self.bias.data_ptr())
 
     def _kernel(self, x, y, B, K, L):
+        work = self.work.get(self.lib.wb_lowbit_work_bytes(B * L, self.kp))
         if self.rows:
-            work = self.work.get(self.lib.wb_lowbit_work_bytes(B * L, -(-K // 16) * 16))
             self.lib.wb_lowbit_rows(x.data_ptr(), work.data_ptr(), self.packed.data_ptr(),
                                     self.sw.data_ptr(), self.zw.data_ptr(),
                                     self.wsum.data_ptr(), self.bias.data_ptr(), y.data_ptr(), B,
                                     L, self.out_features, K, self.static[0], self.static[1],
                                     self.relu, int(self.conv is not None), self.nthreads())
             return
-        work = self.work.get(self.lib.wb_lowbit_work_bytes(B * L, self.kp))
         self.lib.wb_lowbit_forward(x.data_ptr(), work.data_ptr(), *self._consts(), y.data_ptr(),
                                    B, L, self.out_features, K, self.kp, self.static[0],
                                    self.static[1], self.relu, int(self.conv is not None),
