@@ -398,6 +398,28 @@ def test_bitmask_kernels_match_torch(fmt, o, k, density, threads):
 
 
 @pytest.mark.parametrize("fmt", ["bitmask", "bitmask-2level"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bitmask_bit_walk_on_long_rows_and_dense_blocks(fmt, threads):
+    """Below 8 columns a row's offsets are decoded in pieces of 4096 columns: rows across the
+    piece boundary, blocks of 64 columns with more than 32 nonzeros, and a full row."""
+    w = random_weight(12, 4500, 0.05, seed=3)
+    w[2, 4000:4200] = 1.5  # dense across the boundary at column 4096
+    w[3, :64] = -0.5  # a full first block
+    w[4] = 0.25  # a full row
+    lin = nn.Linear(4500, 12)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    assert 5 * int((w != 0).sum()) < w.numel()  # the bit walk, not the VEXPANDPS path
+    cm = compile_model(nn.Sequential(lin).eval(), "sparse", max_density=1.0, formats=(fmt,),
+                       nm=False, threads=threads)
+    g = torch.Generator().manual_seed(2)
+    for batch in (1, 3, 7):
+        x = torch.randn(batch, 4500, generator=g)
+        ref = x.double() @ w.double().T + lin.bias.double()
+        assert float((cm(x).double() - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "bitmask-2level"])
 def test_bitmask_conv_matches_torch(fmt):
     """Conv2d (im2col columns, tiles that cross samples) on both bitmask formats."""
     torch.manual_seed(3)

@@ -230,6 +230,7 @@ class SparseLayer(NativeLayer):
         self.dense = (w2.clone(), b) if min_columns > 1 else None
         self.tiled, self.few = False, None
         self.work = Workspace()
+        self._bound = {}
         self.nnz = int((w2 != 0).sum())
         dense_bytes = 0 if self.dense is None else 4 * w2.numel()  # kept for small batches
         if fmt == "csr":
@@ -269,22 +270,26 @@ class SparseLayer(NativeLayer):
                 out.clamp_(min=0)
             y.view_as(out).copy_(out)
             return
-        call, ops = self.kernel_for(B * L)
-        work = self.work.get(work_floats(B * L, K, call is self.call and self.tiled))
-        call(*self.pointers(ops), x.data_ptr(), y.data_ptr(), work.data_ptr(), B, K, L,
-                  self.out_features, self.relu, self.nthreads())
+        call, weights, tiled = self.bound(B * L)
+        work = self.work.get(work_floats(B * L, K, tiled))
+        call(*weights, x.data_ptr(), y.data_ptr(), work.data_ptr(), B, K, L, self.out_features,
+             self.relu, self.nthreads())
 
-    def kernel_for(self, columns: int):
-        """The kernel and weight operands for a call on ``columns`` columns."""
-        if self.few is not None and columns < 8:
-            return self.few
-        return self.call, self.operands
+    def bound(self, columns: int) -> tuple:
+        """``(kernel, weight pointers, tiled)`` for a call on ``columns`` columns.
 
-    def pointers(self, operands=None) -> list:
-        """The weight operands as kernel arguments (taken per call: a copy of this module has
-        its own tensors)."""
-        return [t.data_ptr() if isinstance(t, torch.Tensor) else t
-                for t in (self.operands if operands is None else operands)]
+        Cached: at batch 1 a small layer's kernel takes ~1 µs and collecting the pointers
+        another. The cache is keyed on the bias's address, so a copy of this module (its own
+        tensors) builds its own.
+        """
+        few = self.few is not None and columns < 8
+        anchor = self.bias.data_ptr()
+        hit = self._bound.get(few)
+        if hit is None or hit[0] != anchor:
+            call, ops = self.few if few else (self.call, self.operands)
+            weights = tuple(t.data_ptr() if isinstance(t, torch.Tensor) else t for t in ops)
+            hit = self._bound[few] = (anchor, call, weights, self.tiled and not few)
+        return hit[1:]
 
     @property
     def chainable(self) -> bool:
@@ -293,10 +298,10 @@ class SparseLayer(NativeLayer):
     def run_linear(self, x, y):
         """The kernel on a contiguous ``(B, K)`` batch into ``y`` (see ``chain.py``)."""
         b, k = x.shape
-        call, ops = self.kernel_for(b)
-        work = self.work.get(work_floats(b, k, call is self.call and self.tiled))
-        call(*self.pointers(ops), x.data_ptr(), y.data_ptr(), work.data_ptr(), b, k, 1,
-                  self.out_features, self.relu, self.nthreads())
+        call, weights, tiled = self.bound(b)
+        work = self.work.get(work_floats(b, k, tiled))
+        call(*weights, x.data_ptr(), y.data_ptr(), work.data_ptr(), b, k, 1, self.out_features,
+             self.relu, self.nthreads())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, format={self.fmt}, nnz={self.nnz}"

@@ -25,6 +25,17 @@ ALWAYS_INLINE int lanes_nv(int64_t N) {
     return nv > MAX_NV ? MAX_NV : (int)nv;
 }
 
+/* Threads for a sparse call with nnz weights on N columns: one below ~20 µs of work. Waking a
+ * helper costs microseconds and it then spins, taking a core from torch's threads in the layers
+ * in between (the default CNN's 1,008-weight layer at batch 64 ran the whole model 1.9x slower
+ * than torch eager on 2 threads). Below 8 columns a nonzero costs about one scalar FMA per
+ * column; from 8 on the columns sit in the lanes, one vector FMA per 16 of them. */
+#define PARALLEL_WORK 50000
+ALWAYS_INLINE int sparse_threads(int64_t nnz, int64_t N, int nthreads) {
+    int64_t work = N < 8 ? nnz * N : nnz * ((N + LANES - 1) / LANES);
+    return nthreads > 1 && work > PARALLEL_WORK ? nthreads : 1;
+}
+
 /* Pack columns [n0 + 16*v, n0 + 16*v + 16) of x (B samples of K x L, column n = b*L + l)
  * into vector v of tile[k][16*nv] (zero past N). For L == 1 x is (N, K) rows: a 16 x 16 block transpose
  * through a strided gather; for L > 1 a 16-column piece inside one sample is one load. */

@@ -16,7 +16,6 @@
 
 #define NM_R 4
 #define TASK_ROWS 32 /* rows per task (8 blocks); a multiple of NM_R */
-#define PARALLEL_MACS 50000
 
 ALWAYS_INLINE void nm24_block(const float *val, const uint8_t *pos, const float *tile,
                               float *acc, int64_t G, const int R, const int NV) {
@@ -91,7 +90,7 @@ void wb_nm24_spmm(const float *val, const uint8_t *pos, const float *bias, const
                   float *y, float *work, int64_t B, int64_t K, int64_t L, int64_t O, int relu,
                   int nthreads) {
     int64_t N = B * L;
-    int par = nthreads > 1 && O * K / 2 * N > PARALLEL_MACS ? nthreads : 1;
+    int par = sparse_threads(O * K / 2, N, nthreads);
     int nv = lanes_nv(N);
     int64_t bt = LANES * nv, ntiles = (N + bt - 1) / bt, nblocks = (O + TASK_ROWS - 1) / TASK_ROWS;
     nm24_job job = {val, bias, x, pos, y, work, N, K, L, O, nblocks, relu, nv};

@@ -17,9 +17,6 @@
 #include "lanes.h"
 #include "pool.h"
 
-/* below this many multiply-adds a call stays on one thread (waking a second one costs more) */
-#define PARALLEL_MACS 50000
-
 /* Blocked CSR: the columns are cut into chunks of CHUNK (255); within a chunk a column is one
  * byte (its offset in the chunk) and a row's nonzero count is one byte. The nonzeros are
  * stored chunk by chunk, row by row: cnt[c*O + o] of them for row o in chunk c;
@@ -187,7 +184,7 @@ void wb_csr_spmm(const int32_t *start, const uint8_t *cnt, const uint8_t *idx, c
     int64_t nnz = 0;
     for (int64_t o = 0; o < O; o++) nnz += cnt[(nchunks - 1) * O + o];
     nnz += start[(nchunks - 1) * nblocks];  /* nonzeros before the last chunk + in it */
-    int par = nthreads > 1 && nnz * N > PARALLEL_MACS ? nthreads : 1;
+    int par = sparse_threads(nnz, N, nthreads);
     int nv = lanes_nv(N);
     int64_t bt = LANES * nv, ntiles = (N + bt - 1) / bt;
     csr_job job = {&m, bias, x, y, work, N, K, L, ntiles, relu, nv};
