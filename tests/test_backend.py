@@ -235,7 +235,7 @@ def test_sparse_uses_sparse_kernels_on_a_pruned_variant(fresh_session):
 
 
 def test_sparse_keeps_dense_layers_on_torch_and_says_why():
-    model = torch.nn.Sequential(torch.nn.Linear(160, 80), torch.nn.ReLU())
+    model = torch.nn.Sequential(torch.nn.Linear(200, 100), torch.nn.ReLU())
     cm = compile_model(model, "sparse")
     (layer,) = cm.report.layers
     assert layer.kernel == "torch" and "dense is faster" in layer.reason

@@ -472,6 +472,24 @@ def test_linear_chains_run_without_modules():
         _Residual(residual), "sparse", max_density=1.0).report.notes)
 
 
+def test_chains_take_in_the_linear_layers_left_on_torch():
+    """Layers too small for the sparse kernels run as addmm steps of the same loop (a ReLU
+    after them fused, one without bias too), bit for bit as the modules."""
+    model = nn.Sequential(sparse_linear(200, 100, 0.1), nn.ReLU(), sparse_linear(100, 30, 0.1),
+                          nn.ReLU(), sparse_linear(30, 5, 0.5, bias=False)).eval()
+    cm = compile_model(model, "sparse")
+    assert cm.report.kernels() == {"0": "csr", "2": "torch", "4": "torch"}
+    assert any("chain" in n for n in cm.report.notes) and not isinstance(cm._run, nn.Module)
+    for batch in (1, 9, 70):
+        x = torch.randn(batch, 200)
+        ref = model(x)
+        assert torch.equal(cm(x), cm._run.module(x))
+        assert float((cm(x) - ref).abs().max()) < 1e-6 * (1 + float(ref.abs().max()))
+    # nothing of ours to run: no chain
+    small = nn.Sequential(nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 2)).eval()
+    assert not any("chain" in n for n in compile_model(small, "sparse").report.notes)
+
+
 @pytest.mark.parametrize("engine,options", [("lowbit-int8", {}), ("lowbit", {}),
                                              ("lowbit", {"activations": "fp32"})])
 def test_lowbit_linear_chains_run_without_modules(engine, options):

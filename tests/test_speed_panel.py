@@ -54,12 +54,14 @@ def state(fresh_session):
 
 def test_panel_runs_and_scatter_shows_the_benchmark_numbers(state):
     pruned = state.add("prune", "magnitude", sparsity=0.9)
+    quantized = state.add("quantize", "uniform", bits=8)
     panel = SpeedPanel(state=state, repeats=2, batch_size=1)
-    panel.param.update(variants=["base", pruned.name], engines=["torch", "sparse"])
+    panel.param.update(variants=[pruned.name, quantized.name],
+                       engines=["torch", "sparse", "lowbit"])
     result = panel.run_now()
     assert panel.error == ""
     assert [(r.variant, r.engine) for r in result.rows] == [
-        ("base", "torch"), ("base", "sparse"), (pruned.name, "torch"), (pruned.name, "sparse")]
+        (v.name, e) for v in (pruned, quantized) for e in ("torch", "sparse", "lowbit")]
     for r in result.rows:
         assert r.error is None and r.repeats == 2 and r.batch == 1 and r.median_ms > 0
     fig = pareto_figure(panel.result)
@@ -70,17 +72,21 @@ def test_panel_runs_and_scatter_shows_the_benchmark_numbers(state):
         assert [c[0] for c in trace.customdata] == [r.variant for r in mine]
         assert [c[3] for c in trace.customdata] == [r.weight_bytes for r in mine]
     assert fig.data[-1].name == "Pareto front"
-    assert result.row(pruned.name, "sparse", 1).weight_bytes < \
-        result.row(pruned.name, "torch", 1).weight_bytes
+    # LeNet's layers are too small for the sparse kernels: the engine keeps them on torch
+    assert result.row(pruned.name, "sparse", 1).kernels == {"torch": 5}
     assert result.row(pruned.name, "sparse", 1).accuracy == pytest.approx(pruned.metrics.accuracy)
-    # the per-layer breakdown of the pruned variant on sparse: the report's layers + rest
-    assert (panel.detail_variant, panel.detail_engine) == (pruned.name, "sparse")
+    # int8 codes on the low-bit kernels: about a quarter of the fp32 bytes
+    assert result.row(quantized.name, "lowbit", 1).weight_bytes < \
+        0.3 * result.row(quantized.name, "torch", 1).weight_bytes
+    assert result.row(quantized.name, "lowbit", 1).agreement >= 0.99
+    # the per-layer breakdown of the last variant on the first engine that ran a kernel of ours
+    assert (panel.detail_variant, panel.detail_engine) == (quantized.name, "lowbit")
     names = [t.name for t in panel.layer_report]
     assert names[-1] == "(rest)" and len(names) == 6
-    assert "csr" in {t.kernel for t in panel.layer_report}
+    assert {t.kernel for t in panel.layer_report[:-1]} == {"int8-fp32"}
     assert "| classifier.2 |" in panel.detail_note
     table = panel._table()
-    assert len(table) == 4 and table["median_ms"].tolist() == [r.median_ms for r in result.rows]
+    assert len(table) == 6 and table["median_ms"].tolist() == [r.median_ms for r in result.rows]
     assert panel._csv().getvalue().startswith("variant,engine,batch")
     # cached: a second run measures nothing new and returns the same rows
     again = panel.run_now()

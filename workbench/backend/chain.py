@@ -6,7 +6,9 @@ per layer on top (measured on the 784-1024-1024-10 MLP; at batch 64 on int8 kern
 calls are still ~4 % of the time). :func:`chain_runner` turns a compiled
 model whose leaves are ``Flatten`` / ``Identity`` / ``Dropout`` and native Linear layers, run
 in order, into one Python loop of kernel calls; intermediate activations live in buffers reused
-per batch size (per thread), only the returned logits are freshly allocated.
+per batch size (per thread), only the returned logits are freshly allocated. Linear layers an
+engine left on torch (too small to pay off) join the loop as ``addmm`` steps, a ReLU right after
+them fused.
 """
 
 from __future__ import annotations
@@ -22,8 +24,30 @@ from workbench.errors import ParameterError
 PASS_THROUGH = (nn.Identity, nn.Dropout)
 
 
+class TorchLinearStep:
+    """A torch ``nn.Linear`` (and a ReLU right after it) as a chain step."""
+
+    def __init__(self, layer: nn.Linear):
+        self.layer, self.relu = layer, False
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+
+    def run_linear(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        w, b = self.layer.weight, self.layer.bias
+        if b is None:
+            torch.mm(x, w.t(), out=y)
+        else:
+            torch.addmm(b, x, w.t(), out=y)
+        if self.relu:
+            torch.relu_(y)
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_pre_hooks or m._forward_hooks)
+
+
 def _steps(model: nn.Module):
-    """The leaves of ``model`` in order as kernel steps, or None if one is not chainable."""
+    """The leaves of ``model`` in order as chain steps, or None if one is not chainable or
+    none is a native layer."""
     steps = []
     for m in model.modules():
         if list(m.children()):
@@ -34,11 +58,19 @@ def _steps(model: nn.Module):
             if (m.start_dim, m.end_dim) != (1, -1):
                 return None
             continue
-        if not isinstance(m, NativeLayer) or not m.chainable or m._forward_pre_hooks \
-                or m._forward_hooks:
+        if type(m) is nn.ReLU and steps and isinstance(steps[-1], TorchLinearStep) \
+                and not steps[-1].relu and not _hooked(m):
+            steps[-1].relu = True
+            continue
+        if type(m) is nn.Linear and not _hooked(m):
+            steps.append(TorchLinearStep(m))
+            continue
+        if not isinstance(m, NativeLayer) or not m.chainable or _hooked(m):
             return None
         steps.append(m)
-    return steps or None
+    if not any(isinstance(s, NativeLayer) for s in steps):
+        return None
+    return steps
 
 
 def chain_runner(model: nn.Module):

@@ -216,8 +216,10 @@ class SpeedPanel(pn.viewable.Viewer):
         engines = list(dict.fromkeys(r.engine for r in rows))
         v = self.detail_variant if self.detail_variant in variants else (
             variants[-1] if variants else None)
+        native = [r.engine for r in rows if r.variant == v and set(r.kernels or {}) - {"torch"}]
         e = self.detail_engine if self.detail_engine in engines else (
-            next((x for x in engines if x != "torch"), engines[0]) if engines else None)
+            next(iter(native), next((x for x in engines if x != "torch"), engines[0]))
+            if engines else None)
         self.param.detail_variant.objects = variants
         self.param.detail_engine.objects = engines
         with param.parameterized.batch_call_watchers(self):
