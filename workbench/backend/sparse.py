@@ -6,7 +6,8 @@ keeps at most ``n <= m/2``) as a flat bitmask, 2:4 on its own kernel (``csrc/nm2
 columns on); any other pattern in the smallest of
 blocked CSR (values + one byte per column index, :func:`to_csr`), the flat bitmask (1 bit per
 weight, best above ~28 % density) and the two-level bitmask (4-bit masks of the non-empty
-groups of 4 columns only, best from ~5 % to ~28 %), see :func:`format_bytes`. With few columns
+groups of 4 columns only, best from ~5 % to ~28 %), see :func:`format_bytes`; CSR, the fastest
+to walk, also wherever it is within :data:`CSR_MARGIN` of the smallest. With few columns
 the kernels walk the nonzeros of each row; from 8 columns on the columns sit in the SIMD lanes
 (``csrc/lanes.h``). Conv2d runs as im2col + the same kernels. Layers denser than the measured
 break-even run on torch, so ``sparse`` is never slower than dense by design; between
@@ -63,6 +64,9 @@ def nm_pattern(weight2d: torch.Tensor, ms=(4, 8)) -> tuple[int, int] | None:
     return None
 
 
+# CSR needs no mask decoding: at 95 % on a 1024² layer it stores 0.3 % more than the two-level
+# bitmask and runs 1.5x faster at batch 64
+CSR_MARGIN = 1.02
 CHUNK = 255  # columns per block of the blocked CSR: one-byte column offsets and row counts
 ROWS = 32  # rows per entry of the block start table
 BLOCK = 64  # columns per mask of the bitmask formats
@@ -104,12 +108,14 @@ def to_csr(weight2d: torch.Tensor):
 
 def to_bitmask(weight2d: torch.Tensor, two_level: bool = False) -> dict:
     """Bitmask format of ``wb_bitmask_spmm``: per row and block of 64 columns the mask of its
-    nonzeros, plus the nonzero values packed row by row (``rowptr`` int32 row starts).
+    nonzeros, plus the nonzero values packed row by row, unpadded (``rowptr`` int32: where
+    every block of :data:`ROWS` rows begins, then the number of nonzeros; the kernels find a
+    row's own start from the popcounts of the rows before it).
 
     Flat (``two_level=False``): ``masks`` int64 ``(O, nblocks)``, one bit per weight.
     Two-level: ``masks`` int16 ``(O, nblocks)`` marks the non-empty groups of 4 columns and
-    ``nibbles`` (uint8, two per byte, low first; ``nptr`` int32 row starts, in nibbles) holds
-    the 4-bit masks of those groups only.
+    ``nibbles`` (uint8, two per byte, low first, 9 bytes of read-ahead padding; ``nptr``
+    int32 as ``rowptr``, in nibbles) holds the 4-bit masks of those groups only.
 
     Examples
     --------
@@ -117,20 +123,18 @@ def to_bitmask(weight2d: torch.Tensor, two_level: bool = False) -> dict:
     >>> w = torch.zeros(2, 70)
     >>> w[0, 1], w[0, 66], w[1, 5] = 2.0, 3.0, 1.0
     >>> f = to_bitmask(w)
-    >>> f["masks"].tolist(), f["rowptr"].tolist(), f["values"][:3].tolist()
-    ([[2, 4], [32, 0]], [0, 2, 3], [2.0, 3.0, 1.0])
+    >>> f["masks"].tolist(), f["rowptr"].tolist(), f["values"].tolist()
+    ([[2, 4], [32, 0]], [0, 3], [2.0, 3.0, 1.0])
     >>> t = to_bitmask(w, two_level=True)
     >>> t["masks"].tolist(), t["nibbles"][:2].tolist(), t["nptr"].tolist()
-    ([[1, 1], [2, 0]], [66, 2], [0, 2, 3])
+    ([[1, 1], [2, 0]], [66, 2], [0, 3])
     """
     out, k = weight2d.shape
     nb = -(-k // BLOCK)
     nz = torch.zeros(out, nb * BLOCK, dtype=torch.bool)
     nz[:, :k] = weight2d != 0
-    values = weight2d[weight2d != 0].float()  # row-major: row, then column
-    values = torch.cat([values, torch.zeros(16)])  # the kernels load 16 values at a time
-    rowptr = torch.cat([torch.zeros(1, dtype=torch.int64), nz.sum(1).cumsum(0)])
-    fmt = {"values": values, "rowptr": rowptr.to(torch.int32).contiguous()}
+    values = weight2d[weight2d != 0].float().contiguous()  # row-major: row, then column
+    fmt = {"values": values, "rowptr": _block_starts(nz.sum(1))}
     if not two_level:
         bits = nz.reshape(out, nb, BLOCK).to(torch.int64) << torch.arange(BLOCK)
         fmt["masks"] = bits.sum(-1).contiguous()  # distinct powers of two: the sum is the OR
@@ -145,9 +149,15 @@ def to_bitmask(weight2d: torch.Tensor, two_level: bool = False) -> dict:
         seq = torch.cat([seq, torch.zeros(1, dtype=torch.uint8)])
     packed = seq[0::2] | (seq[1::2] << 4)
     fmt["nibbles"] = torch.cat([packed, torch.zeros(9, dtype=torch.uint8)]).contiguous()
-    nptr = torch.cat([torch.zeros(1, dtype=torch.int64), used.sum((1, 2)).cumsum(0)])
-    fmt["nptr"] = nptr.to(torch.int32).contiguous()
+    fmt["nptr"] = _block_starts(used.sum((1, 2)))
     return fmt
+
+
+def _block_starts(per_row: torch.Tensor) -> torch.Tensor:
+    """int32 offsets where every block of :data:`ROWS` rows begins, then the total."""
+    ends = per_row.to(torch.int64).cumsum(0)
+    starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends])[:-1][::ROWS]
+    return torch.cat([starts, ends[-1:]]).to(torch.int32).contiguous()
 
 
 def to_nm24(weight2d: torch.Tensor) -> dict:
@@ -182,8 +192,9 @@ def format_bytes(weight2d: torch.Tensor) -> dict[str, int]:
 
     ``csr``: 4 + 1 bytes per nonzero, one count byte per (row, 255-column chunk) and an int32
     per (chunk, 32-row block); ``bitmask``: 4 bytes per nonzero + 1 bit per weight (64-column
-    blocks) + int32 row starts; ``bitmask-2level``: 4 bytes per nonzero + 16 bits per (row,
-    64-column block) + 4 bits per non-empty group of 4 columns + int32 row starts (two).
+    blocks) + an int32 per 32-row block; ``bitmask-2level``: 4 bytes per nonzero + 16 bits per
+    (row, 64-column block) + 4 bits per non-empty group of 4 columns (+ 9 bytes of read-ahead)
+    + two int32 per 32-row block.
     """
     out, k = weight2d.shape
     nz = weight2d != 0
@@ -192,11 +203,10 @@ def format_bytes(weight2d: torch.Tensor) -> dict[str, int]:
     padded = torch.zeros(out, nb * BLOCK, dtype=torch.bool)
     padded[:, :k] = nz
     used = int(padded.reshape(out, nb, BLOCK // 4, 4).any(-1).sum())
-    chunks = -(-k // CHUNK)
-    return {"csr": 5 * nnz + chunks * out + 4 * chunks * -(-out // ROWS),
-            "bitmask": 4 * (nnz + 16) + 8 * out * nb + 4 * (out + 1),
-            "bitmask-2level": 4 * (nnz + 16) + 2 * out * nb + -(-used // 2) + 9
-            + 8 * (out + 1)}
+    chunks, blocks = -(-k // CHUNK), -(-out // ROWS)
+    return {"csr": 5 * nnz + chunks * out + 4 * chunks * blocks,
+            "bitmask": 4 * nnz + 8 * out * nb + 4 * (blocks + 1),
+            "bitmask-2level": 4 * nnz + 2 * out * nb + -(-used // 2) + 9 + 8 * (blocks + 1)}
 
 
 def work_floats(n: int, k: int, tiled: bool = False) -> int:
@@ -372,6 +382,7 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
         min_columns = 1
         sizes = format_bytes(w2)
         smallest = min(formats, key=sizes.__getitem__)
+        fastest_fits = "csr" in formats and sizes["csr"] <= CSR_MARGIN * sizes[smallest]
         pattern = nm_pattern(w2) if nm else None
         if pattern is not None and sizes["bitmask"] > sizes[smallest]:
             pattern = None  # so sparse that it fits N:M by chance: an unstructured format
@@ -399,8 +410,10 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
                        "of 4 columns, 4 rows share each input load; measured 1.6x the bitmask "
                        "walk at batch 64), below 8 columns as a bitmask")
         else:
-            fmt = smallest
-            why = "smallest of " + ", ".join(f"{f} {sizes[f]} B" for f in formats)
+            fmt = "csr" if fastest_fits else smallest
+            why = ("smallest of " if fmt == smallest else
+                   f"fastest to walk, within {CSR_MARGIN - 1:.0%} of the smallest of ") \
+                + ", ".join(f"{f} {sizes[f]} B" for f in formats)
         module = SparseLayer(site, lib, fmt, threads, min_columns)
         total["bytes"] += module.bytes
         note = f"density {density:.3f}, {why}" + (f", dense below {min_columns} columns"

@@ -1,11 +1,12 @@
 /* Bitmask sparse fp32 kernels (fused bias + ReLU); same x / y layout as sparse.c.
  *
  * A weight matrix is cut into blocks of 64 columns per row; each (row, block) has a 64-bit
- * mask of its nonzeros and the nonzero values are packed row by row in column order
- * (rowptr[o] = where row o's values begin). Two ways to store the masks:
+ * mask of its nonzeros and the nonzero values are packed row by row in column order, with no
+ * padding (rowptr[b] = where the values of rows 32b.. begin, rowptr[ceil(O/32)] = nnz; a row's
+ * own start is a running sum of its masks' popcounts). Two ways to store the masks:
  *   flat     (kind 0): the 64-bit masks themselves, 1 bit per weight (dense-ish layers, 2:4);
  *   nibbles  (kind 1): a 16-bit mask of the non-empty groups of 4 columns, then the 4-bit
- *                      masks of those groups, packed (nptr[o] = where row o's nibbles begin).
+ *                      masks of those groups, packed (nptr[b] = where rows 32b.. begin).
  *                      ~0.25 + 4 * P(group non-empty) bits per weight: 5.9 bits per nonzero at
  *                      10 % density, where one byte per column index costs 8.
  * The kernels expand a nibble block back into its 64-bit mask with two PDEPs. Per nonzero they
@@ -34,8 +35,8 @@ typedef struct {
     const uint64_t *flat;   /* kind 0: (O, nb) masks */
     const uint16_t *groups; /* kind 1: (O, nb) group masks */
     const uint8_t *nib;     /* kind 1: packed 4-bit group masks, low nibble first */
-    const int32_t *nptr;    /* kind 1: (O + 1) nibble offsets */
-    const int32_t *rowptr;  /* (O + 1) value offsets */
+    const int32_t *nptr;    /* kind 1: nibble offset of every block of ROWS rows, + the end */
+    const int32_t *rowptr;  /* value offset of every block of ROWS rows, + nnz */
     const float *val;
     int64_t O, K, nb;
 } wb_bitmask;
@@ -76,6 +77,32 @@ ALWAYS_INLINE uint64_t block_mask(const wb_bitmask *m, int64_t o, int64_t blk, i
     if (cnt == 16 && (at & 1)) bits |= (uint64_t)(m->nib[(at >> 1) + 8] & 0xF) << 60;
     *q = at + cnt;
     return deposit(bits, spread_groups(g));
+}
+
+/* Row o's number of nonzeros; *q (its nibble offset) moves past the row. Popcounts of the
+ * masks, or of the row's nibble stream 64 bits at a time: no decoding. */
+ALWAYS_INLINE int64_t row_nnz(const wb_bitmask *m, int64_t o, int64_t *q) {
+    int64_t n = 0, groups = 0;
+    if (m->kind == 0) {
+        for (int64_t blk = 0; blk < m->nb; blk++)
+            n += __builtin_popcountll(m->flat[o * m->nb + blk]);
+        return n;
+    }
+    for (int64_t blk = 0; blk < m->nb; blk++)
+        groups += __builtin_popcount(m->groups[o * m->nb + blk]);
+    int64_t bit = 4 * *q, end = 4 * (*q + groups);
+    *q += groups;
+    while (bit < end) {
+        uint64_t w;
+        memcpy(&w, m->nib + (bit >> 3), 8);  /* the stream is padded by 8 bytes */
+        const int shift = (int)(bit & 7), take = end - bit < 64 - shift ? (int)(end - bit)
+                                                                          : 64 - shift;
+        w >>= shift;
+        if (take < 64) w &= (1ull << take) - 1;
+        n += __builtin_popcountll(w);
+        bit += take;
+    }
+    return n;
 }
 
 /* Row o's nonzeros in blocks [b0, b1) as byte offsets from column b0*64 (at most 256 + 64
@@ -142,9 +169,11 @@ ALWAYS_INLINE void bitmask_lanes_rows(const wb_bitmask *m, const float *tile, fl
     /* decoded offsets of every row of the chunk first: reading a byte right after the vector
      * store that wrote it would stall on store forwarding */
     uint8_t idx[ROWS][CHUNK_BLOCKS * BLOCK + BLOCK];
-    for (int64_t o = r0; o < r1; o++) {
-        vcur[o - r0] = m->rowptr[o];
-        qcur[o - r0] = m->kind ? m->nptr[o] : 0;
+    int64_t at = m->rowptr[r0 / ROWS], q = m->kind ? m->nptr[r0 / ROWS] : 0;
+    for (int64_t o = r0; o < r1; o++) {  /* each row's start: popcounts of the rows before */
+        vcur[o - r0] = at;
+        qcur[o - r0] = q;
+        at += row_nnz(m, o, &q);
     }
     for (int64_t b0 = 0; b0 < m->nb; b0 += cb) {
         int64_t b1 = b0 + cb < m->nb ? b0 + cb : m->nb;
@@ -209,7 +238,7 @@ static void bitmask_bits_rows(const wb_bitmask *m, const float *bias, const floa
      * the vector store that wrote it would stall on store forwarding */
     uint16_t idx[2][ROW_PIECE_BLOCKS * BLOCK + BLOCK];
     int cnt[2];
-    int64_t q = m->kind ? m->nptr[r0] : 0, next_o = r0, next_c = 0;
+    int64_t q = m->kind ? m->nptr[r0 / ROWS] : 0, next_o = r0, next_c = 0;
     #define DECODE_NEXT(slot)                                                                 \
         if (next_o < r1) {                                                                    \
             int64_t b0 = next_c * ROW_PIECE_BLOCKS;                                           \
@@ -219,9 +248,9 @@ static void bitmask_bits_rows(const wb_bitmask *m, const float *bias, const floa
         }
     DECODE_NEXT(0)
     int slot = 0;
+    const float *val = m->val + m->rowptr[r0 / ROWS];  /* runs on through the rows */
     for (int64_t o = r0; o < r1; o++) {
         float acc[8] = {0};
-        const float *val = m->val + m->rowptr[o];
         for (int64_t c = 0; c < nc; c++, slot ^= 1) {
             DECODE_NEXT(slot ^ 1)
             const int n = cnt[slot];
@@ -252,17 +281,18 @@ static void bitmask_bits_rows(const wb_bitmask *m, const float *bias, const floa
 ALWAYS_INLINE void expand_rows(const wb_bitmask *m, const float *bias, const float *x,
                                float *y, int64_t r0, int64_t r1, int relu, const int N) {
     const int64_t K = m->K;
+    const float *val = m->val + m->rowptr[r0 / ROWS];  /* both run on through the rows */
+    int64_t q = m->kind ? m->nptr[r0 / ROWS] : 0;
     for (int64_t o = r0; o < r1; o++) {
         __m512 a[4][8];
         for (int p = 0; p < 4; p++)
             for (int n = 0; n < N; n++) a[p][n] = _mm512_setzero_ps();
-        const float *val = m->val + m->rowptr[o];
-        int64_t q = m->kind ? m->nptr[o] : 0;
         for (int64_t blk = 0; blk < m->nb; blk++) {
             const uint64_t mk = block_mask(m, o, blk, &q);
             for (int p = 0; p < 4; p++) {
                 const __mmask16 pm = (__mmask16)(mk >> (16 * p));
-                const __m512 w = _mm512_maskz_expand_ps(pm, _mm512_loadu_ps(val));
+                /* reads only the popcount(pm) values it needs: no padding past the last */
+                const __m512 w = _mm512_maskz_expandloadu_ps(pm, val);
                 val += __builtin_popcount(pm);
                 const float *xp = x + blk * BLOCK + p * 16;
                 for (int n = 0; n < N; n++)  /* masked: never reads past K */
@@ -355,7 +385,7 @@ void wb_bitmask_spmm(int kind, const void *masks, const uint8_t *nib, const int3
                      const int32_t *rowptr, const float *val, const float *bias, const float *x,
                      float *y, float *work, int64_t B, int64_t K, int64_t L, int64_t O, int relu,
                      int nthreads) {
-    int64_t N = B * L, nb = (K + BLOCK - 1) / BLOCK, nnz = rowptr[O];
+    int64_t N = B * L, nb = (K + BLOCK - 1) / BLOCK, nnz = rowptr[(O + ROWS - 1) / ROWS];
     wb_bitmask m = {kind, (const uint64_t *)masks, (const uint16_t *)masks, nib, nptr, rowptr,
                     val, O, K, nb};
     int par = sparse_threads(nnz, N, nthreads);
