@@ -173,6 +173,12 @@ def sparse_checks(runs: list[dict], storage: dict) -> list[dict]:
         check("sparse 90% >= 1.0x torch.sparse.mm", run, "sparse-90", "torch.sparse-90", 1.0)
         for name in run["timing"]:  # layers that fall back run on torch eager
             if name.startswith("sparse-") and not name.endswith("-forced"):
+                if set(run["info"][name]["kernels"]) == {"torch"}:
+                    # every layer fell back: the same code as torch eager, so the ratio only
+                    # measures the cache state the interleaving left (0.87-1.11 over runs)
+                    check(f"{name} (every layer on torch eager; informational)", run, name,
+                          "torch", 0.95)
+                    continue
                 check(f"{name} (automatic fallback) never slower than torch eager (>= 0.95x)",
                       run, name, "torch", 0.95)
         if w == "linear-1024" and b == 64:
