@@ -14,7 +14,7 @@ from workbench.backend import compile_model
 from workbench.backend.lowbit import pack_codes, signed_codes
 from workbench.backend.weightonly import pack_weight_only
 from workbench.backend.native import available
-from workbench.backend.sparse import format_bytes, nm_pattern, to_bitmask, to_csr
+from workbench.backend.sparse import FORMATS, format_bytes, nm_pattern, to_bitmask, to_csr
 from workbench.errors import ParameterError
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
@@ -401,6 +401,24 @@ def test_bitmask_kernels_match_torch(fmt, o, k, density, threads):
         assert float((out.double() - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
         if o > 2:
             assert torch.equal(out[:, 1], torch.relu(lin.bias[1]).expand(batch))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_few_column_walks_split_over_two_threads(fmt):
+    """Below 8 columns a call goes parallel only from ~400k multiply-adds: such a layer on two
+    threads gives the one-thread result."""
+    w = random_weight(1024, 4096, 0.1, seed=11)
+    lin = nn.Linear(4096, 1024)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    one, two = (compile_model(nn.Sequential(lin).eval(), "sparse", formats=(fmt,), threads=t)
+                for t in (1, 2))
+    assert one.report.kernels() == {"0": fmt}
+    for batch in (1, 3):
+        x = torch.randn(batch, 4096)
+        ref = x.double() @ w.double().T + lin.bias.double()
+        assert torch.equal(one(x), two(x))
+        assert float((two(x).double() - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("fmt", ["bitmask", "bitmask-2level"])

@@ -29,11 +29,15 @@ ALWAYS_INLINE int lanes_nv(int64_t N) {
  * helper costs microseconds and it then spins, taking a core from torch's threads in the layers
  * in between (the default CNN's 1,008-weight layer at batch 64 ran the whole model 1.9x slower
  * than torch eager on 2 threads). Below 8 columns a nonzero costs about one scalar FMA per
- * column; from 8 on the columns sit in the lanes, one vector FMA per 16 of them. */
+ * column; from 8 on the columns sit in the lanes, one vector FMA per 16 of them. A call waits
+ * for every item a helper claimed, so a helper the OS preempts stalls it: below 8 columns a
+ * call goes parallel only from ~0.2 ms of work (MLP at batch 1 on 2 threads, 1024-wide 90 %
+ * layers: median 0.47 ms parallel vs 0.35 ms on one thread next to other busy threads). */
 #define PARALLEL_WORK 50000
+#define PARALLEL_WORK_FEW 400000
 ALWAYS_INLINE int sparse_threads(int64_t nnz, int64_t N, int nthreads) {
-    int64_t work = N < 8 ? nnz * N : nnz * ((N + LANES - 1) / LANES);
-    return nthreads > 1 && work > PARALLEL_WORK ? nthreads : 1;
+    if (N < 8) return nthreads > 1 && nnz * N > PARALLEL_WORK_FEW ? nthreads : 1;
+    return nthreads > 1 && nnz * ((N + LANES - 1) / LANES) > PARALLEL_WORK ? nthreads : 1;
 }
 
 /* Pack columns [n0 + 16*v, n0 + 16*v + 16) of x (B samples of K x L, column n = b*L + l)
