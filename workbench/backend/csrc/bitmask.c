@@ -105,60 +105,56 @@ ALWAYS_INLINE int64_t row_nnz(const wb_bitmask *m, int64_t o, int64_t *q) {
     return n;
 }
 
-/* Row o's nonzeros in blocks [b0, b1) as byte offsets from column b0*64 (at most 256 + 64
- * bytes written): VPCOMPRESSB of 0..63 by each 64-bit mask, branch-free. */
 static const uint8_t IOTA[64] __attribute__((aligned(64))) = {
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
     26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
     49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
 
-ALWAYS_INLINE int decode_chunk(const wb_bitmask *m, int64_t o, int64_t b0, int64_t b1,
-                               int64_t *q, uint8_t *idx) {
+/* Row o's nonzeros in blocks [b0, b1) as offsets from column b0*64, written to out as bytes
+ * (wide = 0: at most CHUNK_BLOCKS blocks) or uint16 (wide = 1: at most ROW_PIECE_BLOCKS), up
+ * to 64 entries past the last: VPCOMPRESSB of 0..63 by each 64-bit mask (widened to words),
+ * branch-free. */
+ALWAYS_INLINE int decode_offsets(const wb_bitmask *m, int64_t o, int64_t b0, int64_t b1,
+                                 int64_t *q, void *out, const int wide) {
+    uint8_t *ib = (uint8_t *)out;
+    uint16_t *iw = (uint16_t *)out;
     int n = 0;
     for (int64_t blk = b0; blk < b1; blk++) {
         uint64_t mk = block_mask(m, o, blk, q);
         if (!mk) continue;
+        const int base = (int)((blk - b0) * BLOCK);
 #if defined(__AVX512VBMI2__)
-        __m512i iota = _mm512_add_epi8(_mm512_load_si512((const void *)IOTA),
-                                       _mm512_set1_epi8((char)((blk - b0) * BLOCK)));
-        _mm512_storeu_si512((void *)(idx + n), _mm512_maskz_compress_epi8(mk, iota));
-        n += __builtin_popcountll(mk);
-#else
-        for (; mk; mk &= mk - 1) idx[n++] = (uint8_t)((blk - b0) * BLOCK + __builtin_ctzll(mk));
-#endif
-    }
-    return n;
-}
-
-/* Row o's nonzeros in blocks [b0, b1) (at most ROW_PIECE_BLOCKS) as uint16 offsets from column
- * b0*64 (up to 64 entries written past the last): VPCOMPRESSB of 0..63 widened to words. */
-ALWAYS_INLINE int decode_words(const wb_bitmask *m, int64_t o, int64_t b0, int64_t b1,
-                               int64_t *q, uint16_t *idx) {
-    int n = 0;
-    for (int64_t blk = b0; blk < b1; blk++) {
-        uint64_t mk = block_mask(m, o, blk, q);
-        if (!mk) continue;
-#if defined(__AVX512VBMI2__)
-        const __m512i base = _mm512_set1_epi16((short)((blk - b0) * BLOCK));
         const __m512i c = _mm512_maskz_compress_epi8(mk, _mm512_load_si512((const void *)IOTA));
         const int cnt = __builtin_popcountll(mk);
-        _mm512_storeu_si512((void *)(idx + n),
-                            _mm512_add_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(c)),
-                                             base));
-        if (cnt > 32)
-            _mm512_storeu_si512((void *)(idx + n + 32),
-                                _mm512_add_epi16(_mm512_cvtepu8_epi16(
-                                                     _mm512_extracti64x4_epi64(c, 1)), base));
+        if (!wide) {
+            _mm512_storeu_si512((void *)(ib + n),
+                                _mm512_add_epi8(c, _mm512_set1_epi8((char)base)));
+        } else {
+            const __m512i b = _mm512_set1_epi16((short)base);
+            const __m512i lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(c));
+            _mm512_storeu_si512((void *)(iw + n), _mm512_add_epi16(lo, b));
+            if (cnt > 32)
+                _mm512_storeu_si512((void *)(iw + n + 32),
+                                    _mm512_add_epi16(_mm512_cvtepu8_epi16(
+                                                         _mm512_extracti64x4_epi64(c, 1)), b));
+        }
         n += cnt;
 #else
-        for (; mk; mk &= mk - 1) idx[n++] = (uint16_t)((blk - b0) * BLOCK + __builtin_ctzll(mk));
+        for (; mk; mk &= mk - 1) {
+            const int at = base + __builtin_ctzll(mk);
+            if (wide)
+                iw[n++] = (uint16_t)at;
+            else
+                ib[n++] = (uint8_t)at;
+        }
 #endif
     }
     return n;
 }
 
 /* Rows [r0, r1) times one packed tile into acc[r - r0][16*NV], columns in the lanes; the K
- * axis is walked in chunks of at most 256 columns (rows inner) so the chunk stays in cache; per-row cursors remember where each row's values and nibbles continue. */
+ * axis is walked in chunks of at most 256 columns (rows inner) so the chunk stays in cache;
+ * per-row cursors remember where each row's values and nibbles continue. */
 ALWAYS_INLINE void bitmask_lanes_rows(const wb_bitmask *m, const float *tile, float *acc,
                                       int64_t r0, int64_t r1, const int NV) {
     const int BT = LANES * NV, S = NV == 1 ? 4 : NV == 2 ? 2 : 1;
@@ -179,7 +175,7 @@ ALWAYS_INLINE void bitmask_lanes_rows(const wb_bitmask *m, const float *tile, fl
         int64_t b1 = b0 + cb < m->nb ? b0 + cb : m->nb;
         const float *tc = tile + b0 * BLOCK * BT;
         for (int64_t o = r0; o < r1; o++)
-            cnt[o - r0] = decode_chunk(m, o, b0, b1, &qcur[o - r0], idx[o - r0]);
+            cnt[o - r0] = decode_offsets(m, o, b0, b1, &qcur[o - r0], idx[o - r0], 0);
         for (int64_t o = r0; o < r1; o++) {
             const int n = cnt[o - r0];
             const uint8_t *ix = idx[o - r0];
@@ -243,7 +239,7 @@ static void bitmask_bits_rows(const wb_bitmask *m, const float *bias, const floa
         if (next_o < r1) {                                                                    \
             int64_t b0 = next_c * ROW_PIECE_BLOCKS;                                           \
             int64_t b1 = b0 + ROW_PIECE_BLOCKS < m->nb ? b0 + ROW_PIECE_BLOCKS : m->nb;       \
-            cnt[slot] = decode_words(m, next_o, b0, b1, &q, idx[slot]);                       \
+            cnt[slot] = decode_offsets(m, next_o, b0, b1, &q, idx[slot], 1);                 \
             if (++next_c == nc) { next_c = 0; next_o++; }                                     \
         }
     DECODE_NEXT(0)
