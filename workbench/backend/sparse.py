@@ -243,7 +243,6 @@ class SparseLayer(NativeLayer):
         self.dense = (w2.clone(), b) if min_columns > 1 else None
         self.tiled, self.few = False, None
         self.work = Workspace()
-        self._bound = {}
         self.nnz = int((w2 != 0).sum())
         dense_bytes = 0 if self.dense is None else 4 * w2.numel()  # kept for small batches
         if fmt == "csr":
@@ -271,6 +270,9 @@ class SparseLayer(NativeLayer):
             self.operands = (int(two_level), f["masks"], f.get("nibbles"), f.get("nptr"),
                              f["rowptr"], f["values"], self.bias)
             self.call = lib.wb_bitmask_spmm
+        self._bound = {False: (self.call, _pointers(self.operands), self.tiled)}
+        if self.few is not None:
+            self._bound[True] = (self.few[0], _pointers(self.few[1]), False)
 
     def _kernel(self, x, y, B, K, L):
         if self.dense is not None and B * L < self.min_columns:
@@ -289,20 +291,10 @@ class SparseLayer(NativeLayer):
              self.relu, self.nthreads())
 
     def bound(self, columns: int) -> tuple:
-        """``(kernel, weight pointers, tiled)`` for a call on ``columns`` columns.
-
-        Cached: at batch 1 a small layer's kernel takes ~1 µs and collecting the pointers
-        another. The cache is keyed on the bias's address, so a copy of this module (its own
-        tensors) builds its own.
-        """
-        few = self.few is not None and columns < 8
-        anchor = self.bias.data_ptr()
-        hit = self._bound.get(few)
-        if hit is None or hit[0] != anchor:
-            call, ops = self.few if few else (self.call, self.operands)
-            weights = tuple(t.data_ptr() if isinstance(t, torch.Tensor) else t for t in ops)
-            hit = self._bound[few] = (anchor, call, weights, self.tiled and not few)
-        return hit[1:]
+        """``(kernel, weight pointers, tiled)`` for a call on ``columns`` columns (taken once
+        at construction: at batch 1 a small layer's kernel takes ~1 µs and collecting the
+        pointers per call another)."""
+        return self._bound[self.few is not None and columns < 8]
 
     @property
     def chainable(self) -> bool:
@@ -318,6 +310,10 @@ class SparseLayer(NativeLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, format={self.fmt}, nnz={self.nnz}"
+
+
+def _pointers(operands) -> tuple:
+    return tuple(t.data_ptr() if isinstance(t, torch.Tensor) else t for t in operands)
 
 
 def _torch_bytes(site: Site) -> int:
