@@ -18,6 +18,28 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def _isa_names() -> list[str]:
+    from workbench.backend.isa import isas
+
+    return [i.name for i in isas()]
+
+
+@pytest.fixture(params=_isa_names())
+def kernel_isa(request, monkeypatch):
+    """Run the test once per instruction set of this architecture's kernels (forced through
+    ``$WORKBENCH_ISA``). An ISA this CPU cannot run is skipped, naming the features it lacks;
+    kernels that do not build or load fail the test, never skip it."""
+    from workbench.backend import isa, native
+
+    target = isa.get_isa(request.param)
+    missing = target.missing(native.cpu_features())
+    if missing:
+        pytest.skip(f"the {target.name} kernels were not run: this CPU lacks {', '.join(missing)}")
+    monkeypatch.setenv(isa.ENV, target.name)
+    assert native.load_kernels().isa == target.name
+    return target.name
+
+
 @pytest.fixture(scope="session")
 def default_session():
     """The embedded default session (trained once per run, then cached on disk).

@@ -13,14 +13,14 @@ from torch import nn
 from workbench.backend import compile_model
 from workbench.backend.lowbit import pack_codes, signed_codes
 from workbench.backend.weightonly import pack_weight_only
-from workbench.backend.native import available
 from workbench.backend.sparse import FORMATS, format_bytes, nm_pattern, to_bitmask, to_csr
 from workbench.errors import ParameterError
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
 from workbench.storage import information_bound_bits
 
-pytestmark = pytest.mark.skipif(not available(), reason="no C compiler for the kernels")
+# every test runs on each instruction set the CPU runs (scalar, avx2, avx512 / neon)
+pytestmark = pytest.mark.usefixtures("kernel_isa")
 
 
 @pytest.fixture(autouse=True)
@@ -577,21 +577,3 @@ def test_nm24_kernel_matches_torch(o, k, threads):
         out = cm(x)
         assert out.shape == (batch, o)
         assert float((out.double() - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
-
-
-def test_kernels_compile_for_cpus_without_avx512(tmp_path):
-    """Every kernel has a portable branch: the sources also build for x86-64-v2 (a missing
-    declaration there once hid behind the AVX-512 headers)."""
-    import subprocess
-
-    from workbench.backend import native
-
-    cc = native.compiler()
-    if cc is None:
-        pytest.skip("no C compiler")
-    flags = [f if not f.startswith("-march=") else "-march=x86-64-v2" for f in native.FLAGS]
-    sources = [str(f) for f in sorted(native.CSRC.glob("*.c"))]
-    proc = subprocess.run([cc, *flags, "-I", str(native.CSRC), *sources, "-o",
-                           str(tmp_path / "portable.so"), "-lm"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "portable.so").stat().st_size > 10_000

@@ -13,13 +13,14 @@ from torch import nn
 
 from workbench.backend import compile_model
 from workbench.backend.lowbit import signed_codes
-from workbench.backend.native import available, load_kernels
+from workbench.backend.native import load_kernels
 from workbench.backend.weightonly import RICE_ROWS, rice_code_bytes, to_rice_codes
 from workbench.prune import PRUNERS
 from workbench.quantize import QUANTIZERS
 from workbench.storage import information_bound_bits
 
-pytestmark = pytest.mark.skipif(not available(), reason="no C compiler for the kernels")
+# every test runs on each instruction set the CPU runs (scalar, avx2, avx512 / neon)
+pytestmark = pytest.mark.usefixtures("kernel_isa")
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ from torch import nn
 
 import workbench
 from workbench.backend import compile_model
-from workbench.backend.native import available
 from workbench.backend.weightonly import rows_pay
 from workbench.quantize import QUANTIZERS
 from workbench.storage import information_bound_bits
 
-pytestmark = pytest.mark.skipif(not available(), reason="no C compiler for the kernels")
+# every test runs on each instruction set the CPU runs (scalar, avx2, avx512 / neon)
+pytestmark = pytest.mark.usefixtures("kernel_isa")
 
 
 def _layers(cm):

@@ -48,16 +48,20 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """Where one layer runs: ``kernel`` is e.g. ``"csr"``, ``"int8-vnni"`` or ``"torch"``."""
+    """Where one layer runs: ``kernel`` is e.g. ``"csr"``, ``"int8-int8"`` or ``"torch"``;
+    ``isa`` is the instruction set of the compiled kernel that runs it (``"avx2"``, ``"neon"``,
+    ...; empty for torch and ONNX Runtime)."""
 
     name: str
     layer: str
     kernel: str
     reason: str = ""
+    isa: str = ""
 
     def __str__(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
-        return f"{self.name:<24} {self.layer:<28} {self.kernel}{why}"
+        isa = f" [{self.isa}]" if self.isa else ""
+        return f"{self.name:<24} {self.layer:<28} {self.kernel}{isa}{why}"
 
 
 @dataclass
@@ -71,6 +75,10 @@ class Report:
     def kernels(self) -> dict[str, str]:
         """Layer name → kernel."""
         return {r.name: r.kernel for r in self.layers}
+
+    def isas(self) -> dict[str, str]:
+        """Layer name → instruction set, for the layers on our compiled kernels."""
+        return {r.name: r.isa for r in self.layers if r.isa}
 
     def fallbacks(self) -> dict[str, str]:
         """Layer name → reason, for the layers that run on plain torch."""

@@ -38,6 +38,7 @@ class BenchmarkRow:
     agreement: float | None = None  # argmax agreement with the variant's own model
     max_abs_diff: float | None = None  # max |Δlogit| against the variant's own model
     kernels: dict = field(default_factory=dict)  # kernel -> number of layers
+    isa: str = ""  # instruction set(s) of our compiled kernels in it ("" if none ran)
     error: str | None = None
 
 
@@ -186,6 +187,7 @@ def benchmark(variants, engines=("torch", "onnxruntime", "sparse", "lowbit"),
                 for lr in cm.report.layers:
                     kinds[lr.kernel] = kinds.get(lr.kernel, 0) + 1
                 base.kernels = kinds
+                base.isa = ",".join(sorted(set(cm.report.isas().values())))
             except Exception as err:  # noqa: BLE001  one failing engine must not stop the run
                 cm, base.error = None, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             bar.update(1)
@@ -218,7 +220,9 @@ def benchmark(variants, engines=("torch", "onnxruntime", "sparse", "lowbit"),
         row.median_ms, row.p90_ms = float(np.median(t)), float(np.percentile(t, 90))
         row.min_ms, row.repeats = float(t.min()), len(t)
         row.throughput = float(len(x) / (row.median_ms / 1e3))
-    settings = {"engines": engines, "batch_sizes": batch_sizes, "repeats": repeats,
+    from workbench.backend.native import machine_info
+
+    settings = {"machine": machine_info(), "engines": engines, "batch_sizes": batch_sizes, "repeats": repeats,
                 "warmup": warmup, "threads": threads, "time_budget": time_budget,
                 "torch": torch.__version__, "elapsed_s": round(time.perf_counter() - start, 2)}
     return BenchmarkResult(rows, settings)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from workbench.backend.base import LayerReport
+from workbench.backend.native import isa_of
 from workbench.errors import ParameterError
 from workbench.quantize.activations import ActivationFakeQuant
 
@@ -124,7 +125,8 @@ def rewrite(model: nn.Module, make: Make) -> tuple[nn.Module, list[LayerReport]]
             setattr(site.parent, site.key, module)
         for parent, key in site.absorbed:
             setattr(parent, key, nn.Identity())
-        reports.append(LayerReport(site.name, site.kind, kernel, reason))
+        reports.append(LayerReport(site.name, site.kind, kernel, reason,
+                                   getattr(module, "isa", "")))
     return out, reports
 
 
@@ -150,6 +152,12 @@ class NativeLayer(nn.Module):
 
     consumes_act_quant = False
     rows_layout = False  # True: Conv2d inputs reach _kernel as (B·L, K) im2col rows
+    kernel_function = ""  # the C function that does the layer's work (for its ISA)
+
+    @property
+    def isa(self) -> str:
+        """The instruction set the layer's kernel was built for."""
+        return isa_of(self.lib, self.kernel_function) if self.kernel_function else self.lib.isa
 
     def __init__(self, layer: nn.Module, threads: int | None):
         super().__init__()

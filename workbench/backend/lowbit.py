@@ -46,7 +46,7 @@ from torch import nn
 from workbench.backend.base import CompiledModel, Report, Tolerance, register_engine
 from workbench.backend.chain import chain_runner
 from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
-from workbench.backend.native import KernelUnavailable, load_kernels
+from workbench.backend import native
 from workbench.backend.simulate import SimulatedInt8Layer
 from workbench.backend.weightonly import WeightOnlyLayer, rows_pay
 from workbench.errors import ParameterError
@@ -154,6 +154,7 @@ class LowbitLayer(NativeLayer):
         self.packed, self.kp = (d.to(torch.int8).contiguous(), -(-self.in_features // 16) * 16) \
             if self.rows else pack_codes(d, bits)  # kp: the quantized input rows' length
         self.lib, self.relu = lib, int(site.relu)
+        self.kernel_function = "wb_lowbit_rows" if self.rows else "wb_lowbit_forward"
         hook = site.act_quant()
         self.static = (hook.scale, hook.zero_point) if hook is not None and hook.bits == 8 \
             else (0.0, 0)
@@ -208,6 +209,7 @@ class XnorLayer(NativeLayer):
         self.sw = torch.cat([qt.scale.reshape(-1).float().expand(o) * g, torch.zeros(pad)])
         self.bias = torch.cat([b, torch.zeros(pad)])
         self.lib, self.relu = lib, int(site.relu)
+        self.kernel_function = "wb_xnor_gemm"
         self.xb, self.sx = Workspace(torch.int64), Workspace(torch.float32)
         self.bytes = self.wbits.numel() * 8 + 4 * o
 
@@ -259,7 +261,7 @@ def _sparse_density(d: torch.Tensor, zw: torch.Tensor) -> float:
 def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, threads=None,
                    activations: str = "auto", sparse: bool = True,
                    max_density: float | None = None,
-                   binary_activations: bool = False) -> CompiledModel:
+                   binary_activations: bool = False, isa: str | None = None) -> CompiledModel:
     """Compile the quantized layers (``quant``) of ``model`` for the low-bit kernels.
 
     Parameters
@@ -278,6 +280,9 @@ def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, th
         Default :data:`SPARSE_DENSITY`; ``1.0`` forces the sparse form where it exists.
     binary_activations : bool
         Run fully binary layers as XNOR + popcount on binarised inputs (changes the function).
+    isa : str, optional
+        The kernels' instruction set (``"avx512"``, ``"avx2"``, ``"neon"``, ``"scalar"``);
+        default ``$WORKBENCH_ISA``, else the best one this CPU runs.
 
     Examples
     --------
@@ -300,13 +305,10 @@ def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, th
         raise ParameterError(f"max_density must lie in [0, 1], got {max_density!r}")
     density_limit = SPARSE_DENSITY if max_density is None else float(max_density)
     report = Report("lowbit")
-    try:
-        lib = load_kernels()
-    except KernelUnavailable as err:
-        report.notes.append(f"compiled kernels unavailable, every layer runs on torch: {err}")
-        lib = None
+    lib = native.kernels_or_none(report, isa)
     if lib is not None and not lib.wb_has_vnni():
-        report.notes.append("no AVX-512 VNNI on this CPU: the portable (slow) int8 loop runs")
+        report.notes.append(f"no AVX-512 VNNI in the {lib.isa} kernels: int8 activations run "
+                            "the portable int8 loop")
     if binary_activations:
         report.notes.append("binary_activations=True: 1-bit layers binarise their inputs "
                             "(XNOR-Net); outputs differ from the variant by design")
@@ -350,7 +352,8 @@ def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, th
                     b, module.static if module.static[0] else None, module.conv, bool(site.relu))
                 total["bytes"] += module.bytes
                 return module, f"int{module.bits}-int8", \
-                    f"{qt.bits}-bit codes, int8 activations ({mode}, VNNI)"
+                    f"{qt.bits}-bit codes, int8 activations ({mode}" \
+                    + (", VNNI)" if lib.wb_has_vnni() else ")")
             d, zw, bits = signed_codes(qt, layer.weight.shape[0])
             density = _sparse_density(d, zw)
             use_sparse = sparse and density <= density_limit

@@ -85,3 +85,62 @@ class SimulatedInt8Layer(nn.Module):
         if self.relu:
             y = y.clamp(min=0)
         return y.float()
+
+
+def ideal_int8(model: nn.Module, calibration: torch.Tensor):
+    """The textbook int8 version of ``model``, in float64: per-output-channel symmetric int8
+    weights (``scale = max|w| / 127``, round to nearest) and, at the input of every Conv/Linear
+    layer, per-tensor uint8 activations with the min/max range seen on ``calibration``
+    (widened to include 0). Nothing else is rounded, so this is the error int8 inference
+    cannot avoid; an engine's error is stated as a multiple of it.
+
+    Returns a function ``x -> logits`` (float32). ``model`` is not modified.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lin = torch.nn.Linear(16, 4)
+    >>> x = torch.randn(64, 16)
+    >>> sim = ideal_int8(lin, x)
+    >>> err = float((sim(x) - lin(x)).abs().max())
+    >>> 0 < err < 0.05 * float(lin(x).abs().max())
+    True
+    """
+    import copy
+
+    sim = copy.deepcopy(model).eval().double()
+    layers = [m for m in sim.modules()
+              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    ranges: dict[int, list[float]] = {}
+
+    def observe(module, args):
+        x = args[0]
+        lo, hi = ranges.setdefault(id(module), [0.0, 0.0])
+        ranges[id(module)] = [min(lo, float(x.min())), max(hi, float(x.max()))]
+
+    handles = [m.register_forward_pre_hook(observe) for m in layers]
+    with torch.no_grad():
+        sim(calibration.double())
+    for h in handles:
+        h.remove()
+
+    def quantize_input(module, args):
+        lo, hi = ranges[id(module)]
+        scale = (hi - lo) / 255.0 or 1.0
+        zero = round(-lo / scale)
+        q = torch.clamp(torch.round(args[0] / scale) + zero, 0, 255)
+        return ((q - zero) * scale,) + tuple(args[1:])
+
+    with torch.no_grad():
+        for m in layers:
+            w = m.weight
+            scale = w.reshape(len(w), -1).abs().amax(1).clamp(min=1e-12) / 127.0
+            scale = scale.reshape((-1,) + (1,) * (w.dim() - 1))
+            w.copy_(torch.clamp(torch.round(w / scale), -127, 127) * scale)
+            m.register_forward_pre_hook(quantize_input)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return sim(x.double()).float()
+
+    return run

@@ -25,7 +25,7 @@ from torch import nn
 from workbench.backend.base import CompiledModel, Report, Tolerance, register_engine
 from workbench.backend.chain import chain_runner
 from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
-from workbench.backend.native import KernelUnavailable, load_kernels
+from workbench.backend import native
 from workbench.errors import ParameterError
 
 # Break-even densities measured with benchmarks/backend.py on a 2-core AVX-512 machine: below
@@ -251,6 +251,7 @@ class SparseLayer(NativeLayer):
                           + dense_bytes)
             self.operands = (self.start, self.counts, self.idx, self.values, self.bias)
             self.call = lib.wb_csr_spmm
+            self.kernel_function = "wb_csr_spmm"
         elif fmt == "2:4" and nm24_kernel(lib) is not None:
             # below 8 columns the flat bitmask's VEXPANDPS path is faster (1/16 of the lanes
             # would be used here: measured 416 vs 231 µs at batch 1), so both are kept
@@ -259,6 +260,7 @@ class SparseLayer(NativeLayer):
                              for t in (*self.packed.values(), *f.values())) + dense_bytes
             self.operands = (self.packed["values"], self.packed["pos"], self.bias)
             self.call, self.tiled = nm24_kernel(lib), True
+            self.kernel_function = "wb_nm24_spmm"
             self.few = (lib.wb_bitmask_spmm, (0, f["masks"], None, None, f["rowptr"],
                                               f["values"], self.bias))
         else:
@@ -270,6 +272,7 @@ class SparseLayer(NativeLayer):
             self.operands = (int(two_level), f["masks"], f.get("nibbles"), f.get("nptr"),
                              f["rowptr"], f["values"], self.bias)
             self.call = lib.wb_bitmask_spmm
+            self.kernel_function = "wb_bitmask_spmm"
         self._bound = {False: (self.call, _pointers(self.operands), self.tiled)}
         if self.few is not None:
             self._bound[True] = (self.few[0], _pointers(self.few[1]), False)
@@ -324,7 +327,7 @@ def _torch_bytes(site: Site) -> int:
                  "stay on torch", tolerance=Tolerance(atol=1e-5, rtol=1e-4))
 def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, threads=None,
                    max_density: float | None = None, nm: bool = True,
-                   formats=FORMATS) -> CompiledModel:
+                   formats=FORMATS, isa: str | None = None) -> CompiledModel:
     """Compile ``model`` for the sparse kernels.
 
     Parameters
@@ -339,6 +342,9 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
     formats : sequence of str
         The unstructured formats to choose from (a subset of :data:`FORMATS`); each layer gets
         the one that stores it in the fewest bytes (see :func:`format_bytes`).
+    isa : str, optional
+        The kernels' instruction set (``"avx512"``, ``"avx2"``, ``"neon"``, ``"scalar"``);
+        default ``$WORKBENCH_ISA``, else the best one this CPU runs.
 
     Examples
     --------
@@ -357,11 +363,7 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
     if not formats or any(f not in FORMATS for f in formats):
         raise ParameterError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
     report = Report("sparse")
-    try:
-        lib = load_kernels()
-    except KernelUnavailable as err:
-        report.notes.append(f"compiled kernels unavailable, every layer runs on torch: {err}")
-        lib = None
+    lib = native.kernels_or_none(report, isa)
     total = {"bytes": 0}
 
     def make(site: Site):

@@ -228,6 +228,8 @@ class WeightOnlyLayer(NativeLayer):
         self.lib, self.relu, self.sparse = lib, int(site.relu), sparse
         self.sw, self.bias = (sf * g).contiguous(), b.contiguous()
         self.rows = not sparse and bits == 8 and rows_pay(o)
+        self.kernel_function = "wb_wq_rice" if sparse else "wb_wq_rows" if self.rows \
+            else "wb_wq_gemm"
         if sparse:
             self.rice = to_rice_codes(d - zw.to(torch.int32)[:, None])
             self.bits, self.nnz = self.rice.bits, self.rice.nnz

@@ -242,10 +242,11 @@ class SpeedPanel(pn.viewable.Viewer):
         except Exception as err:  # noqa: BLE001
             self.param.update(layer_report=None, detail_note=f"⚠ {error_message(err)}")
             return
-        placement = "\n".join(f"| {r.name or '(model)'} | {r.layer} | {r.kernel} | {r.reason} |"
-                              for r in cm.report.layers)
+        placement = "\n".join(f"| {r.name or '(model)'} | {r.layer} | {r.kernel} | "
+                              f"{r.isa or '–'} | {r.reason} |" for r in cm.report.layers)
         notes = "".join(f"\n\n_{n}_" for n in cm.report.notes)
-        note = ("| layer | type | kernel | why |\n|---|---|---|---|\n" + placement + notes)
+        note = ("| layer | type | kernel | ISA | why |\n|---|---|---|---|---|\n" + placement
+                + notes)
         if times is None:
             note = (f"**{e}** runs the whole graph in one call: no per-layer timing.\n\n" + note)
         self.param.update(layer_report=times, detail_note=note)

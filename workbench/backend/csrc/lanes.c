@@ -1,8 +1,8 @@
 /* Packing into and storing out of batch-in-lanes tiles (see lanes.h). */
 #include "lanes.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h> /* also BMI2 (_pdep_u64) on AVX2-only CPUs */
 #endif
 
 void wb_lanes_pack(const float *x, float *tile, int64_t n0, int v, int nv, int64_t N,

@@ -26,8 +26,8 @@
  */
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h> /* also BMI2 (_pdep_u64) on AVX2-only CPUs */
 #endif
 
 #include "pool.h"

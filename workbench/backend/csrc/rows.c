@@ -15,8 +15,8 @@
  * for n = b*L + l. ReLU is fused.
  */
 #include <stdint.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h> /* also BMI2 (_pdep_u64) on AVX2-only CPUs */
 #endif
 
 #include "pool.h"

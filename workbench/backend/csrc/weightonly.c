@@ -19,8 +19,8 @@
  */
 #include <stddef.h>
 #include <stdint.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h> /* also BMI2 (_pdep_u64) on AVX2-only CPUs */
 #endif
 
 #include "pool.h"
