@@ -34,6 +34,46 @@ def test_benchmark_rows_cover_every_configuration(fresh_session, tmp_path):
     assert "median ms" in result.table()
 
 
+def test_rows_count_every_parameter_and_mark_engines_that_ran_only_torch(default_session):
+    """The default LeNet's layers are all too small for the sparse kernels: that row is marked
+    and has no speed-up (it runs torch's code); its bytes include the biases, and a model whose
+    weights mostly sit outside Conv/Linear (a recurrent net) is counted whole."""
+    import torch
+
+    import workbench
+    from workbench.backend.benchmark import other_parameter_bytes
+    from workbench.backend.graph import find_sites
+
+    base = default_session.base
+    result = benchmark(base, ["torch", "sparse", "lowbit"], batch_sizes=(4,), repeats=2,
+                       warmup=0, progress=False)
+    sparse, torch_row = result.row("base", "sparse", 4), result.row("base", "torch", 4)
+    assert sparse.all_torch and set(sparse.kernels) == {"torch"} and sparse.isa == ""
+    assert not torch_row.all_torch
+    assert result.speedup("base", "sparse", "torch", 4) is None
+    assert "(every layer on torch)" in result.table()
+    biases = sum(s.layer.bias.numel() for s in find_sites(base.model) if s.layer.bias is not None)
+    assert torch_row.model_bytes - torch_row.weight_bytes >= 4 * biases > 0
+    assert result.settings["machine"]["isa"] in ("avx512", "avx2", "neon", "scalar")
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 32, batch_first=True)
+            self.fc = torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x.reshape(len(x), 8, 8))[0][:, -1])
+
+    model = Recurrent()
+    lstm = sum(4 * p.numel() for p in model.lstm.parameters())
+    assert other_parameter_bytes(model) == lstm + 4 * 10
+    session = workbench.Session(model=model, data=default_session.data)
+    row = benchmark(session.base, ["torch"], batch_sizes=(2,), repeats=1, warmup=0,
+                    progress=False).rows[0]
+    assert row.weight_bytes == 4 * 32 * 10 and row.model_bytes == 4 * 320 + lstm + 40
+
+
 def test_a_failing_engine_is_reported_not_raised(default_session):
     result = benchmark(default_session.base, ["torch", "sparse"], batch_sizes=(2,), repeats=2,
                        progress=False, engine_options={"sparse": {"max_density": 5}})

@@ -32,13 +32,15 @@ class BenchmarkRow:
     min_ms: float | None = None
     throughput: float | None = None  # samples per second at the median latency
     repeats: int = 0
-    weight_bytes: int | None = None
+    weight_bytes: int | None = None  # the Conv/Linear weights in the engine's format
+    model_bytes: int | None = None  # those plus every other parameter at its dtype
     peak_memory_bytes: int | None = None
     accuracy: float | None = None
     agreement: float | None = None  # argmax agreement with the variant's own model
     max_abs_diff: float | None = None  # max |Δlogit| against the variant's own model
     kernels: dict = field(default_factory=dict)  # kernel -> number of layers
     isa: str = ""  # instruction set(s) of our compiled kernels in it ("" if none ran)
+    all_torch: bool = False  # an engine with kernels of its own ran every layer on torch
     error: str | None = None
 
 
@@ -67,10 +69,12 @@ class BenchmarkResult:
 
     def speedup(self, variant: str, engine: str, baseline: str, batch: int,
                 baseline_variant: str | None = None) -> float | None:
-        """Median latency of ``baseline`` divided by that of ``engine`` (> 1: faster)."""
-        a = self.row(variant, engine, batch).median_ms
-        b = self.row(baseline_variant or variant, baseline, batch).median_ms
-        return None if not a or not b else b / a
+        """Median latency of ``baseline`` divided by that of ``engine`` (> 1: faster);
+        ``None`` where ``engine`` ran every layer on torch (the same code as torch eager: any
+        ratio would be cache and order effects)."""
+        row = self.row(variant, engine, batch)
+        a, b = row.median_ms, self.row(baseline_variant or variant, baseline, batch).median_ms
+        return None if not a or not b or row.all_torch else b / a
 
     def table(self) -> str:
         head = f"{'variant':<22}{'engine':<26}{'batch':>6}{'median ms':>11}{'p90 ms':>9}" \
@@ -82,8 +86,21 @@ class BenchmarkResult:
                 continue
             lines.append(f"{r.variant:<22}{r.engine:<26}{r.batch:>6}{r.median_ms:>11.3f}"
                          f"{r.p90_ms:>9.3f}{r.throughput:>11.0f}{r.weight_bytes or 0:>10}"
-                         f"{r.accuracy:>7.3f}{r.agreement:>7.3f}")
+                         f"{r.accuracy:>7.3f}{r.agreement:>7.3f}"
+                         + ("  (every layer on torch)" if r.all_torch else ""))
         return "\n".join(lines)
+
+
+def other_parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the parameters that are not a Conv/Linear weight (biases, norms, embeddings,
+    recurrent weights, ...), each at its own dtype."""
+    from workbench.backend.graph import find_sites
+
+    weights = {id(s.layer.weight) for s in find_sites(model)}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in weights)
+
+
+NATIVE_ENGINES = ("sparse", "lowbit", "lowbit-int8")  # engines whose kernels are ours
 
 
 def _as_variants(variants) -> list:
@@ -180,6 +197,8 @@ def benchmark(variants, engines=("torch", "onnxruntime", "sparse", "lowbit"),
                 cm = compile_variant(v, e, threads=threads, **engine_options.get(e, {}))
                 out = cm(x_test)
                 base.weight_bytes = cm.weight_bytes
+                if cm.weight_bytes is not None:
+                    base.model_bytes = cm.weight_bytes + other_parameter_bytes(v.model)
                 base.accuracy = float((out.argmax(1) == v.data.y_test).float().mean())
                 base.agreement = float((out.argmax(1) == ref.argmax(1)).float().mean())
                 base.max_abs_diff = float((out - ref).abs().max())
@@ -188,6 +207,7 @@ def benchmark(variants, engines=("torch", "onnxruntime", "sparse", "lowbit"),
                     kinds[lr.kernel] = kinds.get(lr.kernel, 0) + 1
                 base.kernels = kinds
                 base.isa = ",".join(sorted(set(cm.report.isas().values())))
+                base.all_torch = e in NATIVE_ENGINES and set(kinds) == {"torch"}
             except Exception as err:  # noqa: BLE001  one failing engine must not stop the run
                 cm, base.error = None, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             bar.update(1)

@@ -137,7 +137,8 @@ def layer_time_figure(times, title: str = "Time per layer") -> go.Figure:
 def speed_table(result) -> pd.DataFrame:
     """One row per (variant, engine, batch): latency, throughput, bytes, memory, accuracy."""
     cols = ["variant", "engine", "batch", "median_ms", "p90_ms", "throughput", "weight_bytes",
-            "peak_memory_bytes", "accuracy", "agreement", "kernels", "isa", "error"]
+            "model_bytes", "peak_memory_bytes", "accuracy", "agreement", "kernels", "isa",
+            "all_torch", "error"]
     data = []
     for r in result.rows:
         d = {c: getattr(r, c) for c in cols}
