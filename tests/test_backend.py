@@ -324,3 +324,27 @@ def test_torch_compile_falls_back_with_a_note(monkeypatch):
     assert torch.equal(cm(x), model(x))
     assert "no compiler today" in " ".join(cm.report.notes)
     assert set(cm.report.kernels().values()) == {"torch"}
+
+
+def test_onnx_export_is_checked_at_another_batch_size():
+    """A graph that only runs at the traced batch size is refused at compile time with the
+    cause, not at the first other batch; a model written batch-agnostic runs at any size."""
+    from torch import nn
+
+    from workbench.errors import WorkbenchError
+
+    class Baked(nn.Module):
+        def __init__(self, agnostic):
+            super().__init__()
+            self.fc, self.agnostic = nn.Linear(64, 10), agnostic
+
+        def forward(self, x):
+            return self.fc(x.reshape(x.shape[0] if self.agnostic else int(x.shape[0]), -1))
+
+    x = torch.randn(20, 1, 8, 8)
+    with pytest.raises(WorkbenchError, match=r"batch size into a constant"):
+        compile_model(Baked(False).eval(), "onnxruntime", example=x)
+    model = Baked(True).eval()
+    cm = compile_model(model, "onnxruntime", example=x)
+    for b in (1, 5, 20):
+        assert float((cm(x[:b]) - model(x[:b])).abs().max()) < 1e-5

@@ -39,11 +39,18 @@ INT8_TOLERANCE = Tolerance(atol=1e-3, rtol=0.05, agreement=0.999, exact_argmax=F
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
-    """``model`` as ONNX bytes (opset 17, dynamic batch axis)."""
+    """``model`` as ONNX bytes (opset 17, dynamic batch axis).
+
+    The model is traced on 2 samples; each exporter's graph is then run on 3 and compared with
+    the model, so a graph that baked the batch size in (``int(x.shape[0])``, a reshape to a
+    traced size) is caught here and the other exporter is tried, instead of failing in
+    ONNX Runtime at the first other batch size.
+    """
     m = copy.deepcopy(model).eval()
     x = example[:2].contiguous()
     errors = []
     for dynamo in (False, True):
+        name = "dynamo" if dynamo else "torchscript"
         buf = io.BytesIO()
         try:
             with warnings.catch_warnings():
@@ -52,14 +59,40 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
                               dynamo=dynamo)
                 if dynamo:
                     kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-                    prog = torch.onnx.export(m, (x,), **kwargs)
-                    return prog.model_proto.SerializeToString()
-                torch.onnx.export(m, (x,), buf, dynamic_axes={"x": {0: "batch"},
-                                                              "logits": {0: "batch"}}, **kwargs)
-                return buf.getvalue()
+                    blob = torch.onnx.export(m, (x,), **kwargs).model_proto.SerializeToString()
+                else:
+                    torch.onnx.export(m, (x,), buf, dynamic_axes={"x": {0: "batch"},
+                                                                  "logits": {0: "batch"}},
+                                      **kwargs)
+                    blob = buf.getvalue()
         except Exception as err:  # noqa: BLE001  try the other exporter
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {str(err).splitlines()[0]}")
-    raise WorkbenchError("torch.onnx.export failed: " + "; ".join(errors))
+            errors.append(f"{name}: {str(err).splitlines()[0]}")
+            continue
+        problem = _batch_problem(blob, m, example)
+        if problem is None:
+            return blob
+        errors.append(f"{name}: {problem}")
+    advice = ("; the model's forward seems to turn the batch size into a constant (such as "
+              "int(x.shape[0]) or a reshape to a fixed size): write x.flatten(1) or "
+              "x.reshape(x.shape[0], -1)") if any("3 samples" in e for e in errors) else ""
+    raise WorkbenchError("torch.onnx.export failed: " + "; ".join(errors) + advice)
+
+
+def _batch_problem(blob: bytes, model: nn.Module, example: torch.Tensor) -> str | None:
+    """Why the exported graph does not reproduce ``model`` on 3 samples, or ``None``."""
+    x = torch.cat([example] * 3)[:3].to(torch.float32).contiguous()
+    try:
+        out = _session(blob, 1, False, quiet=True).run(None, {"x": x.numpy()})[0]
+    except Exception as err:  # noqa: BLE001  ORT's own error says which node
+        return f"the graph fails on 3 samples (batch size baked in?): {str(err).splitlines()[0]}"
+    with torch.no_grad():
+        ref = model(x)
+    if out.shape != tuple(ref.shape):
+        return f"the graph returns {out.shape} on 3 samples, the model {tuple(ref.shape)}"
+    diff = float(np.abs(out - ref.numpy()).max())
+    if diff > 1e-3 * (1 + float(ref.abs().max())):
+        return f"the graph differs from the model by {diff:.3g} on 3 samples"
+    return None
 
 
 class _Calibration:
@@ -143,7 +176,8 @@ def quantize_onnx(blob: bytes, mode: str, calibration: np.ndarray,
         root.setLevel(level)
 
 
-def _session(blob: bytes, threads: int | None, spinning: bool, optimize: bool = True):
+def _session(blob: bytes, threads: int | None, spinning: bool, optimize: bool = True,
+             quiet: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -152,7 +186,7 @@ def _session(blob: bytes, threads: int | None, spinning: bool, optimize: bool = 
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
