@@ -38,19 +38,29 @@ ENV = "WORKBENCH_ISA"
 @dataclass(frozen=True)
 class Isa:
     """One build of the kernels: ``flags`` for the C compiler, ``requires`` the CPU features
-    (as ``csrc/cpu.c`` names them) it needs."""
+    (as ``csrc/cpu.c`` names them) it needs; ``speed`` says what is known of its speed where
+    its kernels are not tuned yet (empty for a tuned build)."""
 
     name: str
     arch: str
     flags: tuple[str, ...]
     requires: frozenset[str]
     description: str
+    speed: str = ""
 
     def missing(self, features) -> list[str]:
         """The required features ``features`` lacks, sorted."""
         return sorted(self.requires - set(features))
 
 
+# benchmarks/results/backend-avx2-forced.json (the avx2 build on an AVX-512 Xeon, against
+# dense baselines that keep AVX-512): GCC lowers the kernels' 16-float vectors through the
+# stack without AVX-512, so most paths are slower than dense torch until they are rewritten
+# for 8-float vectors
+_UNTUNED_X86 = ("correct but not tuned yet: slower than dense torch at batch 64 on tiled "
+                "sparse (0.3-0.5x), 2:4 (0.1-0.15x) and dense packed low-bit layers (0.02-0.1x); "
+                "faster at 95 % sparsity at batch 1 (2-3x), on Rice-coded pruned + quantized "
+                "layers (0.9-1.9x) and XNOR (1.4-10x)")
 _V3 = frozenset({"avx", "avx2", "fma", "bmi", "bmi2", "f16c", "movbe", "lzcnt"})
 _V4 = _V3 | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
@@ -66,15 +76,15 @@ ISAS: dict[str, tuple[Isa, ...]] = {
                    "avx512bitalg"},
             "AVX-512 F/BW/DQ/VL + VNNI, VBMI2, VPOPCNTDQ"),
         Isa("avx2", "x86_64", ("-march=x86-64-v3", "-mtune=generic"), _V3,
-            "AVX2 + FMA + BMI2 (x86-64-v3)"),
+            "AVX2 + FMA + BMI2 (x86-64-v3)", _UNTUNED_X86),
         Isa("scalar", "x86_64", ("-march=x86-64", "-mtune=generic"), frozenset(),
-            "portable C (x86-64 baseline, SSE2)"),
+            "portable C (x86-64 baseline, SSE2)", _UNTUNED_X86),
     ),
     "aarch64": (
         Isa("neon", "aarch64", ("-march=armv8.2-a+dotprod",), frozenset({"asimd", "asimddp"}),
-            "NEON + dot product (Armv8.2-A)"),
+            "NEON + dot product (Armv8.2-A)", "correct (checked under qemu), speed not measured"),
         Isa("scalar", "aarch64", ("-march=armv8-a",), frozenset(),
-            "portable C (Armv8-A baseline)"),
+            "portable C (Armv8-A baseline)", "correct (checked under qemu), speed not measured"),
     ),
 }
 

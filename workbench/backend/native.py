@@ -335,7 +335,8 @@ def describe(lib) -> str:
     how = (f"set by {isas.ENV}" if isas.requested() == lib.isa else
            "the best this CPU runs" if runnable_isas()[:1] == [lib.isa_info] else "requested")
     text = f"kernels built for {lib.isa} ({lib.isa_info.description}; {how})"
-    return "; ".join([text, *lib.notes])
+    speed = [f"the {lib.isa} kernels are {lib.isa_info.speed}"] if lib.isa_info.speed else []
+    return "; ".join([text, *speed, *lib.notes])
 
 
 def kernels_or_none(report, isa: str | None = None):
