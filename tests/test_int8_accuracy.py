@@ -1,8 +1,8 @@
 """The int8 engines against the float model, not only against their own rounding: on every zoo
 model (trained briefly: the MLP and LeNet-5 on the MNIST test split's 7k/2k parts, the larger
-VGG and ResNet, slow to train on 28×28 images, on digits), ONNX Runtime's static int8 and our int8-activation kernels
-agree with the float reference on ≥ 99.5 % of the test split's argmaxes, and their max |Δlogit|
-stays within ``MULTIPLE`` times that of an ideal int8 simulation of the same model
+VGG and ResNet, slow to train on 28×28 images, on digits), ONNX Runtime's static int8 and our
+int8-activation kernels agree with the float reference on ≥ 99.5 % of the test split's
+argmaxes, and their max |Δlogit| stays within ``MULTIPLE`` times that of an ideal int8 simulation of the same model
 (:func:`workbench.backend.simulate.ideal_int8`: per-channel int8 weights, per-tensor calibrated
 uint8 activations at each layer input, nothing else rounded).
 

@@ -242,7 +242,7 @@ def benchmark(variants, engines=("torch", "onnxruntime", "sparse", "lowbit"),
         row.throughput = float(len(x) / (row.median_ms / 1e3))
     from workbench.backend.native import machine_info
 
-    settings = {"machine": machine_info(), "engines": engines, "batch_sizes": batch_sizes, "repeats": repeats,
-                "warmup": warmup, "threads": threads, "time_budget": time_budget,
+    settings = {"machine": machine_info(), "engines": engines, "batch_sizes": batch_sizes,
+                "repeats": repeats, "warmup": warmup, "threads": threads, "time_budget": time_budget,
                 "torch": torch.__version__, "elapsed_s": round(time.perf_counter() - start, 2)}
     return BenchmarkResult(rows, settings)

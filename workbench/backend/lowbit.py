@@ -21,8 +21,8 @@ input to 8 bits; kernels ``int{8,4,2,1}-int8``): the layer input is quantized to
 C call, with the variant's calibrated scale (then the engine reproduces the variant's own
 fake-quantization) or per column from its min/max (dynamic), and multiplied by the packed codes
 with AVX-512 VNNI ``vpdpbusd`` (exact int32 dot products; builds without VNNI run a portable
-int32 loop with the same results, see :mod:`workbench.backend.isa`). The compiled model's ``reference``
-is the variant with exactly this activation rounding simulated
+int32 loop with the same results, see :mod:`workbench.backend.isa`). The compiled model's
+``reference`` is the variant with exactly this activation rounding simulated
 (:mod:`workbench.backend.simulate`); the accuracy cost against the plain variant is reported
 separately by the benchmarks.
 
@@ -394,7 +394,7 @@ def compile_lowbit(model: nn.Module, *, masks=None, quant=None, example=None, th
 
 
 register_engine("lowbit-int8", description="our packed low-bit kernels with int8 activations "
-                "(AVX-512 VNNI where the CPU has it) on every quantized layer; checked against compiled.reference, "
-                "the variant with the kernels' activation rounding simulated",
+                "(AVX-512 VNNI where the CPU has it) on every quantized layer; checked against "
+                "compiled.reference, the variant with the kernels' activation rounding simulated",
                 tolerance=Tolerance(atol=1e-4, rtol=5e-3, agreement=0.999, exact_argmax=False),
                 activations="int8")(compile_lowbit)

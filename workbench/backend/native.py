@@ -220,7 +220,9 @@ def _probe_features() -> frozenset:
     cc = _need_compiler()
     base = isas.isas()[-1] if isas.isas() else None
     flags = list(base.flags) if base else []
-    path = cache_dir("kernels") / f"wb_cpu_{cache_key(kind='probe', flags=flags, compiler=compiler_version(cc), source=(CSRC / PROBE).read_text())}.so"
+    key = cache_key(kind="probe", flags=flags, compiler=compiler_version(cc),
+                    source=(CSRC / PROBE).read_text())
+    path = cache_dir("kernels") / f"wb_cpu_{key}.so"
     if not path.exists():
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
