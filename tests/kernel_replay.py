@@ -114,6 +114,8 @@ class Recording:
 
 def _storage(t: torch.Tensor) -> tuple[int, int] | None:
     """``(address, nbytes)`` of the CPU storage of ``t``, or None (empty or not CPU memory)."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter):  # FakeTensor & co. own no memory
+        return None
     try:
         if t.device.type != "cpu" or t.is_sparse:
             return None
