@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.backend import compile_model  # noqa: E402
 from workbench.backend.graph import find_sites  # noqa: E402
-from workbench.backend.native import describe, load_kernels, machine_info  # noqa: E402
+from workbench.backend.native import cpu_name, describe, load_kernels, machine_info  # noqa: E402
 from workbench.models import create_model  # noqa: E402
 from workbench.prune import PRUNERS  # noqa: E402
 from workbench.quantize import QUANTIZERS  # noqa: E402
@@ -363,7 +363,7 @@ def main(argv=None):
     rounds = args.rounds or (5 if args.quick else 25)
     budget = 2.0 if args.quick else 6.0
     lib = load_kernels()
-    print(f"{describe(lib)}; CPU: {machine_info()['cpu']}")
+    print(f"{describe(lib)}; CPU: {cpu_name()}")
     t_start = time.perf_counter()
     runs, storage = [], {}
     names = args.workloads or [w for w in WORKLOADS if not (args.quick and w == "linear-4096")]

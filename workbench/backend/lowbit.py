@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.backend import native
 from workbench.backend.base import CompiledModel, Report, Tolerance, register_engine
 from workbench.backend.chain import chain_runner
 from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
-from workbench.backend import native
 from workbench.backend.simulate import SimulatedInt8Layer
 from workbench.backend.weightonly import WeightOnlyLayer, rows_pay
 from workbench.errors import ParameterError

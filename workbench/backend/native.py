@@ -114,10 +114,24 @@ def exported_functions(source: str) -> tuple[str, ...]:
                             text, flags=re.M))
 
 
-def object_command(cc: str, isa: Isa, source: Path, out: Path) -> list[str]:
-    """The compiler call that builds ``source`` for ``isa`` into the object file ``out``."""
-    return [cc, *COMMON, *isa.flags, f'-DWB_ISA="{isa.name}"', "-I", str(CSRC), "-c",
+def object_command(cc: str, isa: Isa, source: Path, out: Path,
+                   label: str | None = None) -> list[str]:
+    """The compiler call that builds ``source`` for ``isa`` into the object file ``out``;
+    ``label`` (default: ``isa``'s name) is the ISA name the library reports."""
+    return [cc, *COMMON, *isa.flags, f'-DWB_ISA="{label or isa.name}"', "-I", str(CSRC), "-c",
             str(source), "-o", str(out)]
+
+
+def _compile_to(path: Path, command: list[str], what: str) -> None:
+    """Run ``command + ["-o", tmp]`` and move ``tmp`` to ``path`` (never a half-written file);
+    :class:`KernelUnavailable` with the compiler's message if it fails."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".tmp")
+    os.close(fd)
+    proc = subprocess.run([*command, "-o", tmp], capture_output=True, text=True)
+    if proc.returncode:
+        Path(tmp).unlink(missing_ok=True)
+        raise KernelUnavailable(f"{what} with {command[0]} failed:\n" + proc.stderr[-2000:])
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -151,9 +165,7 @@ def build(isa: Isa, cc: str, out: Path, *, extra_sources=(), executable: bool = 
             targets = [ladder[-1]] if source.name == PROBE else lower
             for target in targets:
                 obj = Path(tmp) / f"{source.stem}.{target.name}.o"
-                cmd = object_command(cc, target, source, obj)
-                if source.name == PROBE:
-                    cmd[cmd.index(f'-DWB_ISA="{target.name}"')] = f'-DWB_ISA="{isa.name}"'
+                cmd = object_command(cc, target, source, obj, label=isa.name)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode == 0:
                     return source, target.name, obj, errors
@@ -175,16 +187,8 @@ def build(isa: Isa, cc: str, out: Path, *, extra_sources=(), executable: bool = 
                 first = errors[0].splitlines()[-1] if errors and errors[0] else ""
                 result.notes.append(f"{source.name} does not build for {isa.name} ({first}); "
                                     f"its kernels run the {built} path")
-        fd, tmp_out = tempfile.mkstemp(dir=Path(out).parent, suffix=".tmp")
-        os.close(fd)
         shape = [] if executable else ["-shared", "-Wl,--no-undefined"]
-        proc = subprocess.run([cc, *shape, *objects, "-o", tmp_out, *LINK], capture_output=True,
-                              text=True)
-        if proc.returncode:
-            Path(tmp_out).unlink(missing_ok=True)
-            raise KernelUnavailable(f"linking the {isa.name} kernels with {cc} failed:\n"
-                                    + proc.stderr[-2000:])
-        os.replace(tmp_out, out)
+        _compile_to(out, [cc, *shape, *objects, *LINK], f"linking the {isa.name} kernels")
     return result
 
 
@@ -224,15 +228,8 @@ def _probe_features() -> frozenset:
                     source=(CSRC / PROBE).read_text())
     path = cache_dir("kernels") / f"wb_cpu_{key}.so"
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        proc = subprocess.run([cc, "-O2", "-fPIC", "-shared", *flags, str(CSRC / PROBE), "-o",
-                               tmp], capture_output=True, text=True)
-        if proc.returncode:
-            Path(tmp).unlink(missing_ok=True)
-            raise KernelUnavailable(f"compiling the CPU probe with {cc} failed:\n"
-                                    + proc.stderr[-1000:])
-        os.replace(tmp, path)
+        _compile_to(path, [cc, "-O2", "-fPIC", "-shared", *flags, str(CSRC / PROBE)],
+                    "compiling the CPU probe")
     lib = ctypes.CDLL(str(path))
     lib.wb_cpu_features.restype = ctypes.c_char_p
     return frozenset(filter(None, lib.wb_cpu_features().decode().split(",")))
@@ -267,13 +264,9 @@ def default_isa() -> Isa:
     name = isas.requested()
     if name:
         return isas.get_isa(name)
-    runnable = runnable_isas()
-    if not runnable:
-        if not isas.isas():
-            raise KernelUnavailable(f"no kernel build for the {isas.machine()} architecture")
-        _need_compiler()
-        cpu_features()
-    return runnable[0]
+    if not isas.isas():
+        raise KernelUnavailable(f"no kernel build for the {isas.machine()} architecture")
+    return isas.best_isa(isas.machine(), cpu_features())
 
 
 def load_kernels(isa: str | None = None):
@@ -371,7 +364,7 @@ def machine_info() -> dict:
     try:
         info["features"] = sorted(cpu_features())
         info["isa"] = load_kernels().isa
-    except (KernelUnavailable, WorkbenchError) as err:
+    except WorkbenchError as err:  # no compiler, no build for this CPU, a bad $WORKBENCH_ISA
         info["isa"], info["kernels_unavailable"] = None, str(err)
     return info
 

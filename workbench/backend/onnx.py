@@ -136,9 +136,8 @@ def saturates_u8s8() -> bool:
             text = Path("/proc/cpuinfo").read_text()
         except OSError:
             return True
-        features = {"avx512vnni" if "avx512_vnni" in text else "",
-                    "avxvnni" if "avx_vnni" in text else ""}
-    return not ({"avx512vnni", "avxvnni"} & set(features))
+        return "avx512_vnni" not in text and "avx_vnni" not in text
+    return not ({"avx512vnni", "avxvnni"} & features)
 
 
 def quantize_onnx(blob: bytes, mode: str, calibration: np.ndarray,

@@ -17,15 +17,13 @@ and picks per call by the number of columns.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import nn
 
+from workbench.backend import native
 from workbench.backend.base import CompiledModel, Report, Tolerance, register_engine
 from workbench.backend.chain import chain_runner
 from workbench.backend.graph import NativeLayer, Site, Workspace, conv_geometry, rewrite
-from workbench.backend import native
 from workbench.errors import ParameterError
 
 # Break-even densities measured with benchmarks/backend.py on a 2-core AVX-512 machine: below
@@ -219,15 +217,6 @@ def work_floats(n: int, k: int, tiled: bool = False) -> int:
     return -(-n // bt) * bt * k
 
 
-def nm24_kernel(lib):
-    """``wb_nm24_spmm`` of ``lib`` with its argument types (``None`` in an older build)."""
-    fn = getattr(lib, "wb_nm24_spmm", None)
-    if fn is not None and fn.argtypes is None:
-        p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-        fn.restype, fn.argtypes = None, [p, p, p, p, p, p, n, n, n, n, i, i]
-    return fn
-
-
 class SparseLayer(NativeLayer):
     """A Linear/Conv2d run by the CSR or bitmask kernels (optionally dense below
     ``min_columns``); ``fmt`` is ``"csr"``, ``"bitmask"``, ``"bitmask-2level"`` or an N:M
@@ -252,14 +241,14 @@ class SparseLayer(NativeLayer):
             self.operands = (self.start, self.counts, self.idx, self.values, self.bias)
             self.call = lib.wb_csr_spmm
             self.kernel_function = "wb_csr_spmm"
-        elif fmt == "2:4" and nm24_kernel(lib) is not None:
+        elif fmt == "2:4":
             # below 8 columns the flat bitmask's VEXPANDPS path is faster (1/16 of the lanes
             # would be used here: measured 416 vs 231 µs at batch 1), so both are kept
             self.packed, f = to_nm24(w2), to_bitmask(w2)
             self.bytes = sum(t.numel() * t.element_size()
                              for t in (*self.packed.values(), *f.values())) + dense_bytes
             self.operands = (self.packed["values"], self.packed["pos"], self.bias)
-            self.call, self.tiled = nm24_kernel(lib), True
+            self.call, self.tiled = lib.wb_nm24_spmm, True
             self.kernel_function = "wb_nm24_spmm"
             self.few = (lib.wb_bitmask_spmm, (0, f["masks"], None, None, f["rowptr"],
                                               f["values"], self.bias))
@@ -403,7 +392,7 @@ def compile_sparse(model: nn.Module, *, masks=None, quant=None, example=None, th
         if pattern is not None:  # N:M runs as a flat bitmask: 1 bit per weight + values
             fmt = f"{pattern[0]}:{pattern[1]}"
             why = f"{fmt} pattern, stored as a bitmask"
-            if fmt == "2:4" and nm24_kernel(lib) is not None:
+            if fmt == "2:4":
                 why = ("2:4 pattern on the 2:4 kernel (2 values + 2 byte positions per group "
                        "of 4 columns, 4 rows share each input load; measured 1.6x the bitmask "
                        "walk at batch 64), below 8 columns as a bitmask")
