@@ -336,20 +336,34 @@ class SessionResult:
     steps: dict = field(default_factory=dict)  # step -> seconds since this session started
     seconds: float | None = None  # completion time (None if it failed)
     error: str = ""
+    blocked: list = field(default_factory=list)  # [step being done, URL] of aborted requests
 
 
 def target_sparsity(i: int) -> float:
     return round(0.51 + 0.01 * (i % 40), 2)
 
 
-async def one_session(browser, url: str, i: int, timeout: float, delay: float = 0.0,
-                      blocked: list | None = None) -> SessionResult:
+class Blocked:
+    """Collects aborted request URLs into ``items``, each with the step the session was in."""
+
+    def __init__(self, items: list):
+        self.items, self.step = items, "open"
+
+    def append(self, url: str) -> None:
+        self.items.append([self.step, url])
+
+
+async def one_session(browser, url: str, i: int, timeout: float,
+                      delay: float = 0.0) -> SessionResult:
     result = SessionResult(index=i, sparsity=target_sparsity(i))
     await asyncio.sleep(delay)
     start = time.monotonic()
+    blocked = Blocked(result.blocked)
+    steps = iter(["apply", "compare", "sweep", "done"])
 
     def mark(step):
         result.steps[step] = round(time.monotonic() - start, 3)
+        blocked.step = next(steps)
 
     context = await loopback_context(browser, blocked)
     dash = None
@@ -414,7 +428,7 @@ async def drive(url: str, pid: int, n: int, *, limit: float, timeout: float, ram
 
     if not CHROMIUM.exists():
         raise AssertionError(f"Chromium is expected at {CHROMIUM} (apt-get install chromium)")
-    out = {"page_probes": [], "static_probes": [], "rss_samples_mb": [], "blocked": []}
+    out = {"page_probes": [], "static_probes": [], "rss_samples_mb": []}
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS,
                                           headless=True)
@@ -428,8 +442,7 @@ async def drive(url: str, pid: int, n: int, *, limit: float, timeout: float, ram
                                           out["static_probes"], t0)),
                 asyncio.create_task(sample_memory(pid, 1.0, stop, out["rss_samples_mb"])),
             ]
-            tasks = [asyncio.create_task(one_session(browser, url, i, timeout, i * ramp,
-                                                     out["blocked"]))
+            tasks = [asyncio.create_task(one_session(browser, url, i, timeout, i * ramp))
                      for i in range(n)]
             done, pending = await asyncio.wait(tasks, timeout=limit)
             for task in pending:
@@ -500,7 +513,7 @@ def run(n: int = 10, *, limit: float = LIMIT_S, timeout: float = ACTION_TIMEOUT_
         "ready_seconds": step_summary(sessions, "ready"),
         "page_probe_seconds": latency_summary(driven["page_probes"]),
         "static_probe_seconds": latency_summary(driven["static_probes"]),
-        "blocked_requests": sorted(set(driven["blocked"])),
+        "blocked_requests": sorted({url for s in sessions for _, url in s.blocked}),
         "per_session": [asdict(s) for s in sessions],
         "page_probes": driven["page_probes"],
         "static_probes": driven["static_probes"],

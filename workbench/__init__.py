@@ -11,6 +11,10 @@ True
 True
 """
 
+from workbench.offline import keep_resources_local
+
+keep_resources_local()  # before any pn.extension(): notebooks embed Panel's JS/CSS, no CDN
+
 from workbench.errors import (CheckpointError, DataError, ParameterError,
                               UnsupportedLayerError, WorkbenchError)
 from workbench.session import Session, Variant
